@@ -1,0 +1,53 @@
+"""Errors raised by the edge package.
+
+Hierarchy::
+
+    EdgeError                    root of everything edge raises
+    ├── BundleError              a model bundle is unusable (one error lists every problem)
+    ├── SchemaError              a scored-tick or dead-letter record does not decode
+    ├── ConfigError              an agent config value is wrong (names the field and the fix)
+    ├── PayloadError             one MQTT payload is bad (carries a stable ``reason``)
+    ├── SpoolError               the local disk spool cannot store or read records
+    └── TransportError           MQTT or Kafka is unreachable after bounded retries
+"""
+
+from __future__ import annotations
+
+
+class EdgeError(Exception):
+    """Root of every error the edge package raises."""
+
+
+class BundleError(EdgeError):
+    """A model bundle failed validation; ``problems`` lists every reason."""
+
+    def __init__(self, path: str, problems: list[str]) -> None:
+        self.path = path
+        self.problems = list(problems)
+        joined = "\n  - ".join(self.problems)
+        super().__init__(f"bad model bundle {path}:\n  - {joined}")
+
+
+class SchemaError(EdgeError):
+    """A record does not match the versioned message schema."""
+
+
+class ConfigError(EdgeError):
+    """A configuration value is invalid."""
+
+
+class PayloadError(EdgeError):
+    """A sensor payload could not be accepted; ``reason`` is a stable, countable label."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}")
+
+
+class SpoolError(EdgeError):
+    """The disk spool failed (disk full, corrupt database)."""
+
+
+class TransportError(EdgeError):
+    """A broker (MQTT or Kafka) could not be reached after bounded retries."""

@@ -1,0 +1,206 @@
+"""Versioned records the edge agent publishes, owned here and decoded by ``pipeline``.
+
+``gapwatch.scored`` (key ``site/device``) carries :class:`ScoredTick` as UTF-8 JSON::
+
+    {"schema": 1, "site": "lab", "device": "pump-3", "ts_ms": 1700000000000,
+     "values": {"Pressure": 0.27, "Current": 1.9},   # original units, observed or imputed
+     "imputed": ["Current"], "sigma": {"Current": 0.04},
+     "score": 1.37, "smoothed": 1.10, "threshold": 2.5, "anomaly": false,
+     "top_channels": ["Pressure"], "warmup": false,
+     "model": "skab", "model_version": "20261125T120000", "revision": 0,
+     "received_ms": 1700000000020}
+
+``revision`` is 0 for the causal result emitted at once and 1 for the delayed back-fill of
+the same tick (same ``ts_ms``), so storage keyed by tick time keeps the latest revision.
+
+``gapwatch.deadletter`` carries :class:`DeadLetter`: the raw payload (text, or base64 when
+it is not UTF-8), where it came from, and a stable ``reason``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge.errors import SchemaError
+
+SCHEMA_VERSION = 1
+SCORED_TOPIC = "gapwatch.scored"
+DEADLETTER_TOPIC = "gapwatch.deadletter"
+
+__all__ = [
+    "DEADLETTER_TOPIC",
+    "SCHEMA_VERSION",
+    "SCORED_TOPIC",
+    "DeadLetter",
+    "ScoredTick",
+]
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    if value is None:
+        return None
+    v = float(value)
+    return v if math.isfinite(v) else None
+
+
+@dataclass(frozen=True)
+class ScoredTick:
+    """One device's tick after alignment, imputation and scoring."""
+
+    site: str
+    device: str
+    ts_ms: int
+    values: dict[str, float | None]
+    imputed: tuple[str, ...]
+    sigma: dict[str, float]
+    score: float | None  # None when no entry of the tick was observed
+    smoothed: float | None
+    threshold: float
+    anomaly: bool
+    top_channels: tuple[str, ...]
+    model: str
+    model_version: str
+    revision: int = 0
+    warmup: bool = False
+    received_ms: int | None = None
+    schema: int = field(default=SCHEMA_VERSION)
+
+    @property
+    def key(self) -> str:
+        return f"{self.site}/{self.device}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": self.schema,
+            "site": self.site,
+            "device": self.device,
+            "ts_ms": int(self.ts_ms),
+            "values": {k: _finite_or_none(v) for k, v in self.values.items()},
+            "imputed": list(self.imputed),
+            "sigma": {k: float(v) for k, v in self.sigma.items() if math.isfinite(v)},
+            "score": _finite_or_none(self.score),
+            "smoothed": _finite_or_none(self.smoothed),
+            "threshold": float(self.threshold),
+            "anomaly": bool(self.anomaly),
+            "top_channels": list(self.top_channels),
+            "model": self.model,
+            "model_version": self.model_version,
+            "revision": int(self.revision),
+            "warmup": bool(self.warmup),
+            "received_ms": None if self.received_ms is None else int(self.received_ms),
+        }
+
+    def encode(self) -> bytes:
+        return json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> ScoredTick:
+        """Parse a record; raise SchemaError naming what is wrong."""
+        try:
+            data = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise SchemaError(f"scored tick is not JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise SchemaError("scored tick is not a JSON object")
+        version = data.get("schema")
+        if version != SCHEMA_VERSION:
+            raise SchemaError(f"unknown scored-tick schema {version!r}; this reader knows 1")
+        try:
+            values = {str(k): (None if v is None else float(v)) for k, v in data["values"].items()}
+            tick = cls(
+                site=_text(data["site"], "site"),
+                device=_text(data["device"], "device"),
+                ts_ms=_int(data["ts_ms"], "ts_ms"),
+                values=values,
+                imputed=tuple(str(c) for c in data["imputed"]),
+                sigma={str(k): float(v) for k, v in data["sigma"].items()},
+                score=None if data["score"] is None else float(data["score"]),
+                smoothed=None if data.get("smoothed") is None else float(data["smoothed"]),
+                threshold=float(data["threshold"]),
+                anomaly=bool(data["anomaly"]),
+                top_channels=tuple(str(c) for c in data["top_channels"]),
+                model=str(data["model"]),
+                model_version=str(data["model_version"]),
+                revision=_int(data.get("revision", 0), "revision"),
+                warmup=bool(data.get("warmup", False)),
+                received_ms=None
+                if data.get("received_ms") is None
+                else _int(data["received_ms"], "received_ms"),
+            )
+        except KeyError as exc:
+            raise SchemaError(f"scored tick lacks field {exc.args[0]!r}") from exc
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise SchemaError(f"scored tick has a field of the wrong type: {exc}") from exc
+        unknown = set(tick.imputed) - set(values)
+        if unknown:
+            raise SchemaError(f"imputed names channels without values: {sorted(unknown)}")
+        return tick
+
+
+def _text(value: Any, name: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise SchemaError(f"{name} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+        raise SchemaError(f"{name} must be an integer, got {value!r}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A record that could not be processed, with its raw bytes and the reason."""
+
+    reason: str  # stable label, e.g. "not_json", "unknown_device", "ts_future"
+    detail: str
+    source: str  # e.g. "mqtt:sensors/lab/pump-3" or "kafka:gapwatch.scored/2@1234"
+    raw: bytes
+    received_ms: int
+    component: str = "agent"
+    schema: int = SCHEMA_VERSION
+
+    def encode(self) -> bytes:
+        try:
+            text: str | None = self.raw.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        body: dict[str, Any] = {
+            "schema": self.schema,
+            "reason": self.reason,
+            "detail": self.detail,
+            "source": self.source,
+            "component": self.component,
+            "received_ms": int(self.received_ms),
+        }
+        if text is not None:
+            body["raw"] = text
+        else:
+            body["raw_b64"] = base64.b64encode(self.raw).decode("ascii")
+        return json.dumps(body, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> DeadLetter:
+        try:
+            data = json.loads(raw)
+            payload = (
+                data["raw"].encode("utf-8")
+                if "raw" in data
+                else base64.b64decode(data["raw_b64"], validate=True)
+            )
+            return cls(
+                reason=str(data["reason"]),
+                detail=str(data["detail"]),
+                source=str(data["source"]),
+                raw=payload,
+                received_ms=int(data["received_ms"]),
+                component=str(data.get("component", "agent")),
+                schema=int(data["schema"]),
+            )
+        except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
+            raise SchemaError(f"dead letter does not decode: {exc!r}") from exc

@@ -1,0 +1,5 @@
+"""``python -m pipeline``: the same commands as ``gapwatch``, limited to this package."""
+
+from gapwatch.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,70 @@
+"""The dependency direction of DESIGN.md, checked at import time in a fresh interpreter.
+
+``edge`` runs on a Raspberry Pi: importing it, or any module under it, must not load torch,
+``training`` or ``pipeline``. ``pipeline`` must not load torch or ``training`` at import time
+(the retrain command imports training lazily). import-linter checks the static imports
+(``make lint``); these tests catch what it cannot see, such as a third-party import chain.
+"""
+
+from __future__ import annotations
+
+import json
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Modules whose import must not happen, and modules that are allowed to pull them in lazily.
+FORBIDDEN = {
+    "edge": ("torch", "training", "pipeline"),
+    "pipeline": ("torch", "training"),
+}
+LAZY_ALLOWED = {"pipeline.retrain", "pipeline.retrain_cli"}
+
+
+def modules_of(package: str) -> list[str]:
+    """The package and every module under it, found on disk without importing them."""
+    names = [package]
+    for info in pkgutil.walk_packages([str(REPO / package)], prefix=f"{package}."):
+        if info.name.split(".")[-1] == "__main__" or info.name in LAZY_ALLOWED:
+            continue
+        names.append(info.name)
+    return sorted(names)
+
+
+def loaded_after_import(modules: list[str]) -> list[str]:
+    """Imports the modules in a fresh interpreter and returns the top-level names it loaded."""
+    code = (
+        "import importlib, json, sys\n"
+        f"for name in {modules!r}:\n"
+        "    importlib.import_module(name)\n"
+        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+        check=False,
+    )
+    assert result.returncode == 0, f"importing {modules} failed:\n{result.stderr}"
+    loaded: list[str] = json.loads(result.stdout.strip().splitlines()[-1])
+    return loaded
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_package_import_stays_light(package: str) -> None:
+    modules = modules_of(package)
+    loaded = set(loaded_after_import(modules))
+    leaked = sorted(loaded & set(FORBIDDEN[package]))
+    assert not leaked, f"importing {modules} loaded {leaked}"
+
+
+def test_module_discovery_sees_the_packages() -> None:
+    assert "edge.errors" in modules_of("edge")
+    assert "pipeline.errors" in modules_of("pipeline")

@@ -11,7 +11,7 @@ STACK := deploy/local/stack
 # Python sources we lint; tests are linted by ruff, type-checked paths come from pyproject.
 PY_SRC := gapwatch edge training pipeline tests deploy
 
-.PHONY: help venv lint format test stack-up stack-down stack-status demo clean
+.PHONY: help venv lint format test stack-up stack-down stack-status demo demo-down clean
 
 help:
 	@echo "make venv        create .venv and install gapwatch[all] (re-runs when pyproject.toml changes)"
@@ -20,7 +20,8 @@ help:
 	@echo "make test        start the local stack if needed, lint, run pytest against real services"
 	@echo "make stack-up    deploy/local/stack up    (Mosquitto, Kafka, InfluxDB on loopback)"
 	@echo "make stack-down  deploy/local/stack down"
-	@echo "make demo        the end-to-end demo (arrives with issue #6)"
+	@echo "make demo        the end-to-end demo: train, replay SKAB over MQTT, print the summary"
+	@echo "make demo-down   stop what make demo started (agent, sink, dashboard, the stack)"
 
 venv: $(STAMP)
 
@@ -60,9 +61,23 @@ stack-down:
 stack-status:
 	$(STACK) status
 
-# TODO(issue #6): run the end-to-end demo (simulated devices -> agent -> Kafka -> sink -> InfluxDB).
-demo:
-	@echo "make demo: the end-to-end demo is built in issue #6; nothing to run yet."
+# The end-to-end demo (issue #6): `gapwatch demo` on the local stack, which it starts if needed.
+# The agent, sink and dashboard keep running afterwards; `make demo-down` stops them, and the
+# stack too when `make demo` was the one that started it (recorded in DEMO_STATE).
+# DEMO_ARGS passes options through, e.g. make demo DEMO_ARGS="--speed 50".
+DEMO_STATE := $(or $(GAPWATCH_STATE_DIR),.gapwatch)/demo
+DEMO_ARGS ?=
+demo: venv
+	@mkdir -p "$(DEMO_STATE)"; \
+	if ! $(STACK) status >/dev/null 2>&1; then touch "$(DEMO_STATE)/stack-started-by-demo"; fi; \
+	$(STACK) up
+	$(BIN)/gapwatch demo $(DEMO_ARGS)
+
+demo-down:
+	@if [ -x $(BIN)/gapwatch ]; then $(BIN)/gapwatch demo --down; fi
+	@if [ -f "$(DEMO_STATE)/stack-started-by-demo" ]; then \
+	  $(STACK) down && rm -f "$(DEMO_STATE)/stack-started-by-demo"; \
+	else echo "demo-down: the stack was running before make demo; left it up"; fi
 
 clean:
 	rm -rf .mypy_cache .ruff_cache .pytest_cache build dist *.egg-info

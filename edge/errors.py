@@ -8,6 +8,8 @@ Hierarchy::
     ├── ConfigError              an agent config value is wrong (names the field and the fix)
     ├── PayloadError             one MQTT payload is bad (carries a stable ``reason``)
     ├── SpoolError               the local disk spool cannot store or read records
+    │   └── SpoolDiskFull        ... because its disk is full (transient: intake pauses)
+    ├── InputError               data given to the scorer does not fit the bundle (names what)
     └── TransportError           MQTT or Kafka is unreachable after bounded retries
 """
 
@@ -49,5 +51,13 @@ class SpoolError(EdgeError):
     """The disk spool failed (disk full, corrupt database)."""
 
 
+class SpoolDiskFull(SpoolError):
+    """The spool's disk (or quota) is full: nothing more can be stored until space frees."""
+
+
 class TransportError(EdgeError):
     """A broker (MQTT or Kafka) could not be reached after bounded retries."""
+
+
+class InputError(EdgeError):
+    """Data given to the scorer (a tick, a series, a file) does not fit the bundle."""

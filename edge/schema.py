@@ -102,7 +102,7 @@ class ScoredTick:
         """Parse a record; raise SchemaError naming what is wrong."""
         try:
             data = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
             raise SchemaError(f"scored tick is not JSON: {exc}") from exc
         if not isinstance(data, dict):
             raise SchemaError("scored tick is not a JSON object")
@@ -110,17 +110,20 @@ class ScoredTick:
         if version != SCHEMA_VERSION:
             raise SchemaError(f"unknown scored-tick schema {version!r}; this reader knows 1")
         try:
-            values = {str(k): (None if v is None else float(v)) for k, v in data["values"].items()}
+            values = {str(k): _finite(v, f"values.{k}") for k, v in data["values"].items()}
             tick = cls(
                 site=_text(data["site"], "site"),
                 device=_text(data["device"], "device"),
                 ts_ms=_int(data["ts_ms"], "ts_ms"),
                 values=values,
                 imputed=tuple(str(c) for c in data["imputed"]),
-                sigma={str(k): float(v) for k, v in data["sigma"].items()},
-                score=None if data["score"] is None else float(data["score"]),
-                smoothed=None if data.get("smoothed") is None else float(data["smoothed"]),
-                threshold=float(data["threshold"]),
+                sigma={
+                    str(k): _finite(v, f"sigma.{k}", none_ok=False)
+                    for k, v in data["sigma"].items()
+                },
+                score=_finite(data["score"], "score"),
+                smoothed=_finite(data.get("smoothed"), "smoothed"),
+                threshold=_finite(data["threshold"], "threshold", none_ok=False),
                 anomaly=bool(data["anomaly"]),
                 top_channels=tuple(str(c) for c in data["top_channels"]),
                 model=str(data["model"]),
@@ -133,7 +136,7 @@ class ScoredTick:
             )
         except KeyError as exc:
             raise SchemaError(f"scored tick lacks field {exc.args[0]!r}") from exc
-        except (TypeError, ValueError, AttributeError) as exc:
+        except (TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise SchemaError(f"scored tick has a field of the wrong type: {exc}") from exc
         unknown = set(tick.imputed) - set(values)
         if unknown:
@@ -148,9 +151,29 @@ def _text(value: Any, name: str) -> str:
 
 
 def _int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
-        raise SchemaError(f"{name} must be an integer, got {value!r}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or (isinstance(value, float) and not math.isfinite(value))
+        or value != int(value)
+    ):
+        raise SchemaError(f"{name} must be an integer, got {value!r:.40}")
     return int(value)
+
+
+def _finite(value: Any, name: str, *, none_ok: bool = True) -> Any:
+    """A finite float, or None where allowed; anything else is a SchemaError."""
+    if value is None and none_ok:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SchemaError(f"{name} must be a number, got {type(value).__name__}")
+    try:
+        out = float(value)
+    except OverflowError as exc:
+        raise SchemaError(f"{name} is out of range") from exc
+    if not math.isfinite(out):
+        raise SchemaError(f"{name} must be finite, got {out}")
+    return out
 
 
 @dataclass(frozen=True)
@@ -188,6 +211,10 @@ class DeadLetter:
     def decode(cls, raw: bytes | str) -> DeadLetter:
         try:
             data = json.loads(raw)
+            if not isinstance(data, dict):
+                raise SchemaError("dead letter is not a JSON object")
+            if not isinstance(data.get("raw", ""), str):
+                raise SchemaError("dead letter raw must be a string")
             payload = (
                 data["raw"].encode("utf-8")
                 if "raw" in data
@@ -198,9 +225,16 @@ class DeadLetter:
                 detail=str(data["detail"]),
                 source=str(data["source"]),
                 raw=payload,
-                received_ms=int(data["received_ms"]),
+                received_ms=_int(data["received_ms"], "received_ms"),
                 component=str(data.get("component", "agent")),
-                schema=int(data["schema"]),
+                schema=_int(data["schema"], "schema"),
             )
-        except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
-            raise SchemaError(f"dead letter does not decode: {exc!r}") from exc
+        except (
+            KeyError,
+            TypeError,
+            ValueError,
+            AttributeError,
+            OverflowError,
+            RecursionError,
+        ) as exc:
+            raise SchemaError(f"dead letter does not decode: {type(exc).__name__}") from exc

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DeviceTrace", "render_report"]
+__all__ = ["DeviceTrace", "render_report", "series_png"]
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,30 @@ def _segments(mask: np.ndarray) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True)]
 
 
-def _series_figure(trace: DeviceTrace, max_channels: int) -> str:
+def _label_mask(labels: np.ndarray) -> np.ndarray:
+    """Labelled ticks for display; a tick without a label (NaN) takes the previous one."""
+    lab = np.asarray(labels, dtype=np.float64)
+    idx = np.where(np.isfinite(lab), np.arange(lab.size), -1)
+    np.maximum.accumulate(idx, out=idx)
+    filled = np.where(idx >= 0, lab[np.maximum(idx, 0)], 0.0)
+    return np.asarray(filled > 0.5, dtype=bool)
+
+
+def _score_limits(trace: DeviceTrace, score: np.ndarray) -> tuple[float, float] | None:
+    """A y range that shows the bulk of the score and the threshold, not the outliers."""
+    finite = score[np.isfinite(score)]
+    thr = trace.threshold[np.isfinite(trace.threshold)]
+    if finite.size == 0:
+        return None
+    lo = float(np.quantile(finite, 0.005))
+    hi = float(np.quantile(finite, 0.99))
+    if thr.size:
+        hi = max(hi, float(np.median(thr)))
+    pad = 0.1 * (hi - lo) if hi > lo else 1.0
+    return lo - pad, hi + pad
+
+
+def _figure_series(trace: DeviceTrace, max_channels: int) -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -76,7 +99,7 @@ def _series_figure(trace: DeviceTrace, max_channels: int) -> str:
             ok = np.isfinite(tr)
             ax.scatter(t[ok], tr[ok], s=3, color="#2b8a3e", label="withheld truth", zorder=2)
         if trace.labels is not None:
-            for a, b in _segments(trace.labels > 0):
+            for a, b in _segments(_label_mask(trace.labels)):
                 ax.axvspan(t[a], t[min(b, len(t) - 1)], color="#e03131", alpha=0.07, lw=0)
         ax.set_ylabel(trace.channels[c], fontsize=8)
         ax.tick_params(labelsize=7)
@@ -88,16 +111,37 @@ def _series_figure(trace: DeviceTrace, max_channels: int) -> str:
     for a, b in _segments(trace.anomaly):
         ax.axvspan(t[a], t[min(b, len(t) - 1)], color="#e03131", alpha=0.25, lw=0)
     if trace.labels is not None:
-        for a, b in _segments(trace.labels > 0):
+        for a, b in _segments(_label_mask(trace.labels)):
             ax.axvspan(t[a], t[min(b, len(t) - 1)], ymax=0.08, color="#000000", alpha=0.5, lw=0)
+    limits = _score_limits(trace, score)
+    if limits is not None:
+        ax.set_ylim(*limits)
     ax.set_ylabel("score", fontsize=8)
     ax.set_xlabel("minutes since start (red: flagged; black bar: labelled anomaly)", fontsize=8)
     ax.legend(loc="upper right", fontsize=7)
     ax.tick_params(labelsize=7)
     fig.suptitle(trace.device, fontsize=10)
+    return fig
+
+
+def _series_figure(trace: DeviceTrace, max_channels: int) -> str:
+    import matplotlib.pyplot as plt
+
+    fig = _figure_series(trace, max_channels)
     uri = _png(fig)
     plt.close(fig)
     return uri
+
+
+def series_png(trace: DeviceTrace, max_channels: int = 3, dpi: int = 70) -> bytes:
+    """One device's series figure as PNG bytes (for docs; the report embeds the same plot)."""
+    import matplotlib.pyplot as plt
+
+    fig = _figure_series(trace, max_channels)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
 
 
 def _score_hist(traces: Sequence[DeviceTrace]) -> str | None:
@@ -119,7 +163,7 @@ def _score_hist(traces: Sequence[DeviceTrace]) -> str | None:
     if norm.size == 0 and anom.size == 0:
         return None
     both = np.concatenate([norm, anom])
-    hi = float(np.quantile(both, 0.995))
+    hi = float(np.quantile(both, 0.99))
     lo = float(np.min(both))
     bins = np.linspace(lo, hi if hi > lo else lo + 1.0, 60)
     fig, ax = plt.subplots(figsize=(8, 3))
@@ -136,7 +180,8 @@ def _score_hist(traces: Sequence[DeviceTrace]) -> str | None:
         )
     thr = np.concatenate([tr.threshold for tr in traces])
     ax.axvline(float(np.nanmedian(thr)), color="#e03131", ls="--", label="median threshold")
-    ax.set_xlabel("per-tick score (NLL per observed entry)")
+    ax.set_xlabel(f"per-tick score (NLL per observed entry; values above {hi:.3g} in the last bin)")
+    ax.set_yscale("log")
     ax.legend(fontsize=8)
     uri = _png(fig)
     plt.close(fig)

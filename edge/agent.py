@@ -1,0 +1,454 @@
+"""The edge agent loop: MQTT message -> decode -> align -> impute/score -> spool (-> Kafka).
+
+One thread runs :meth:`Agent.step` in a loop; the forwarder (:mod:`edge.forward`) moves spooled
+records to Kafka in its own thread. Each step:
+
+1. takes up to a few thousand messages from the source (none while the spool is full under the
+   ``pause`` policy), journals them to the spool and only then acknowledges them to the broker;
+2. decodes each (bad input becomes a dead letter with its reason), maps its device to a model by
+   the config's ``devices`` rules, and feeds the device's aligner;
+3. lets the wall clock close ticks of quiet devices (every 100 ms);
+4. runs the micro-batch when it is full or old enough, turning each closed tick into a causal
+   record (revision 0) and, when due, a back-fill record (revision 1, same ``ts_ms``);
+5. commits records, per-device tick watermarks and the journal position in one transaction.
+
+After a crash, :meth:`Agent.recover` replays the journal: ticks that were open are rebuilt and
+emitted, ticks already spooled are not emitted again, and nothing is dead-lettered twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from edge.align import AlignResult
+from edge.bundle import Bundle
+from edge.config import AgentConfig
+from edge.decode import Limits, TopicTemplate, decode_message, parse_ts
+from edge.devices import Device, DeviceTable, same_grid
+from edge.errors import PayloadError, SpoolDiskFull, TransportError
+from edge.forward import Forwarder
+from edge.metrics import AgentMetrics
+from edge.microbatch import MicroBatch, Prepared
+from edge.ports import Clock, InMessage, MessageSource
+from edge.records import scored_tick
+from edge.reload import BundleWatcher, ReloadEvent, topic_matches
+from edge.schema import DeadLetter
+from edge.scorer import TickOutput
+from edge.spool import OutRecord, Spool
+
+__all__ = ["Agent"]
+
+log = logging.getLogger(__name__)
+_POLL_MAX = 2000
+_ADVANCE_EVERY_MS = 100
+_STATS_EVERY_S = 1.0
+_BAD_LOG_EVERY_S = 10.0
+
+
+class Agent:
+    """Wires the pure core to its ports; see the module docstring."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        source: MessageSource,
+        spool: Spool,
+        forwarder: Forwarder,
+        watcher: BundleWatcher,
+        clock: Clock,
+        metrics: AgentMetrics | None = None,
+    ) -> None:
+        self.config = config
+        self._source = source
+        self._spool = spool
+        self._forwarder = forwarder
+        self._watcher = watcher
+        self._clock = clock
+        self._metrics = metrics
+        if not watcher.current:
+            watcher.load_initial()
+        self._templates = tuple(TopicTemplate(t) for t in config.mqtt.topics)
+        a = config.align
+        self._limits = Limits(
+            max_payload_bytes=config.mqtt.max_payload_bytes,
+            future_tolerance_ms=round(a.future_tolerance_s * 1000),
+            max_age_ms=round(a.max_age_s * 1000),
+            min_ts_ms=parse_ts(a.min_ts),
+        )
+        self._devices = DeviceTable(config, watcher.current)
+        self._batch = MicroBatch(config.inference.batch_max_ticks, config.inference.batch_max_ms)
+        self._out: list[OutRecord] = []
+        self._lags: list[float] = []
+        self._device_ticks: dict[str, int] = {}
+        self._processed_up_to: int | None = None
+        self._committed_up_to: int | None = None
+        self._last_advance_ms = 0
+        now = clock.monotonic()
+        self._last_stats = now
+        self._last_bundle_check = now
+        self._down_since: float | None = None
+        self._paused = False
+        self._disk_full = False  # the spool's disk is full: intake pauses, retried each second
+        self._disk_retry_at = 0.0
+        self._pending: list[InMessage] = []  # taken from MQTT, not journaled yet (disk full)
+        self._bad_logged: dict[str, tuple[float, int]] = {}
+        self.heartbeat = now
+        self._in_use: dict[str, Bundle] = {}
+        for name, bundle in watcher.current.items():
+            self._model_info(name, bundle)
+
+    # -- public ----------------------------------------------------------------------------
+
+    def recover(self) -> int:
+        """Replay the journal left by a crash; return how many messages it held."""
+        rec = self._spool.recovery()
+        self._devices.restored.update(rec.device_ticks)
+        now = self._clock.now_ms()
+        for row in rec.rows:
+            # Replayed readings count as arriving now, so the wall clock does not close their
+            # ticks before the broker redelivers what followed them.
+            restoring = row.id <= rec.processed_up_to
+            self._handle(
+                row.topic, row.payload, row.received_ms, row.id, restoring=restoring, arrival=now
+            )
+        if rec.rows:
+            self._processed_up_to = rec.rows[-1].id
+            log.info(
+                "agent.recovered",
+                extra={"journal": len(rec.rows), "devices": len(self._devices)},
+            )
+        self._commit()
+        return len(rec.rows)
+
+    def step(self, timeout_s: float = 0.05) -> int:
+        """One loop iteration; return the number of messages taken from the source."""
+        if self._forwarder.error is not None:
+            raise TransportError(f"the Kafka forwarder stopped: {self._forwarder.error!r}")
+        mono = self._clock.monotonic()
+        self.heartbeat = mono
+        paused = self._spool.full or self._disk_full
+        if paused != self._paused:
+            self._paused = paused
+            log.warning("agent.intake_paused" if paused else "agent.intake_resumed")
+            if self._metrics:
+                self._metrics.intake_paused.set(1 if paused else 0)
+        wait = self._batch.wait_s(mono)
+        timeout = timeout_s if wait is None else min(timeout_s, wait)
+        msgs = [] if paused else self._source.poll(_POLL_MAX, timeout)
+        if paused:
+            time.sleep(timeout)
+        if self._pending and mono >= self._disk_retry_at:
+            msgs, self._pending = self._pending + msgs, []
+        if msgs:
+            try:
+                ids = self._spool.journal([(m.topic, m.payload, m.received_ms) for m in msgs])
+            except SpoolDiskFull as exc:
+                self._pending = msgs  # not acknowledged: the broker still holds them too
+                self._on_disk_full(exc)
+                msgs, ids = [], []
+        if msgs:
+            self._source.ack(msgs)
+            if self._metrics:
+                self._metrics.messages_in.inc(len(msgs))
+            for m, rid in zip(msgs, ids, strict=True):
+                self._handle(
+                    m.topic, m.payload, m.received_ms, rid, restoring=False, arrival=m.received_ms
+                )
+            self._processed_up_to = ids[-1]
+        now_ms = self._clock.now_ms()
+        if now_ms - self._last_advance_ms >= _ADVANCE_EVERY_MS:
+            self._last_advance_ms = now_ms
+            for dev in self._devices:
+                self._on_aligned(dev, dev.aligner.advance(now_ms))
+        if self._batch.due(self._clock.monotonic()):
+            self._run_batch()
+        self._commit()
+        self._periodic()
+        return len(msgs)
+
+    def run(self, stop: threading.Event) -> None:
+        """Loop until ``stop`` is set, then :meth:`shutdown`. Raises TransportError (watchdog)."""
+        watchdog = self.config.mqtt.watchdog_s
+        try:
+            while not stop.is_set():
+                self.step()
+                if self._source.connected:
+                    self._down_since = None
+                elif self._down_since is None:
+                    self._down_since = self._clock.monotonic()
+                elif watchdog > 0 and self._clock.monotonic() - self._down_since > watchdog:
+                    raise TransportError(
+                        f"MQTT broker unreachable for more than {watchdog:.0f}s (mqtt.watchdog_s)"
+                    )
+        finally:
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        """Stop reading, close every open tick, score it and spool it."""
+        self._source.stop()
+        for dev in self._devices:
+            self._on_aligned(dev, dev.aligner.drain())
+        self._run_batch()
+        self._commit()
+        log.info("agent.stopped", extra={"devices": len(self._devices)})
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        alive = self._clock.monotonic() - self.heartbeat < 30.0
+        stats = self._forwarder.stats
+        detail = {
+            "loop_alive": alive,
+            "mqtt_connected": self._source.connected,
+            "mqtt_subscribed": bool(getattr(self._source, "subscribed", self._source.connected)),
+            "intake_paused": self._paused,
+            "spool_disk_full": self._disk_full,
+            "devices": len(self._devices),
+            "models": {n: b.manifest.version for n, b in self._watcher.current.items()},
+            "kafka_in_flight": stats.in_flight,
+            "kafka_acked": stats.acked,
+        }
+        detail["forwarder_alive"] = self._forwarder.error is None
+        return alive and bool(self._watcher.current) and self._forwarder.error is None, detail
+
+    # -- messages --------------------------------------------------------------------------
+
+    def _handle(
+        self,
+        topic: str,
+        payload: bytes,
+        received_ms: int,
+        token: int,
+        *,
+        restoring: bool,
+        arrival: int,
+    ) -> None:
+        announce = self.config.mqtt.announce_topic
+        if announce and topic_matches(announce, topic):
+            self._apply_reload(self._watcher.check())
+            return
+        try:
+            reading = decode_message(
+                topic,
+                payload,
+                received_ms,
+                self._templates,
+                limits=self._limits,
+                default_site=self.config.site,
+            )
+        except PayloadError as exc:
+            if not restoring:
+                self._dead_letter(exc.reason, exc.detail, topic, payload, received_ms)
+            return
+        dev = self._devices.get(reading.site, reading.device)
+        if dev is None:
+            if not restoring:
+                detail = f"no [[devices]] rule matches {reading.site}/{reading.device}"
+                self._dead_letter("unknown_device", detail, topic, payload, received_ms)
+            return
+        problems = list(reading.rejected)
+        idx: list[int] = []
+        vals: list[float] = []
+        for channel, value in reading.values.items():
+            i = dev.index.get(channel)
+            if i is None:
+                problems.append((channel, "unknown_channel"))
+            else:
+                idx.append(i)
+                vals.append(value)
+        if problems and not restoring:
+            detail = ", ".join(f"{c}: {r}" for c, r in problems)
+            self._dead_letter(problems[0][1], detail, topic, payload, received_ms)
+        if not idx:
+            return
+        result = dev.aligner.add(reading.ts_ms, idx, vals, arrival, token)
+        if result.too_late:
+            if not restoring:
+                detail = f"tick {reading.ts_ms} of {dev.key} is already closed"
+                self._dead_letter("too_late", detail, topic, payload, received_ms)
+            return
+        if self._metrics and not restoring:
+            self._metrics.readings_in.inc(len(idx))
+        self._on_aligned(dev, result)
+
+    # -- ticks -----------------------------------------------------------------------------
+
+    def _on_aligned(self, dev: Device, result: AlignResult) -> None:
+        for t in result.transitions:
+            log.warning(
+                f"agent.device_{t.kind}",
+                extra={"device": dev.key, "ts_ms": t.ts_ms, "silent_ticks": t.silent_ticks},
+            )
+            if self._metrics:
+                self._metrics.transitions.labels(t.kind).inc()
+        for tick in result.ticks:
+            rule = dev.rule
+            if rule.rescale and dev.finished < rule.warmup_ticks <= dev.prepared:
+                self._run_batch()  # the scorer re-scales at the end of warm-up: finish first
+            x, mask = dev.scorer.prepare(tick.ts_ms, tick.values)
+            dev.prepared += 1
+            self._batch.add(
+                Prepared(dev, dev.scorer, dev.bundle, tick, x, mask), self._clock.monotonic()
+            )
+            if len(self._batch) >= self._batch.max_ticks:
+                self._run_batch()
+
+    def _run_batch(self) -> None:
+        if not len(self._batch):
+            return
+        t0 = time.perf_counter()
+        n = self._batch.run(self._emit)
+        if self._metrics:
+            self._metrics.inference_seconds.observe(time.perf_counter() - t0)
+            self._metrics.batch_ticks.observe(n)
+
+    def _emit(self, item: Prepared, out: TickOutput) -> None:
+        dev: Device = item.owner
+        if out.revision == 0:
+            dev.finished += 1
+            prev = self._device_ticks.get(dev.key)
+            self._device_ticks[dev.key] = (
+                item.tick.tick if prev is None else max(prev, item.tick.tick)
+            )
+        record = scored_tick(dev.site, dev.name, item.bundle.manifest, out, item.tick.received_ms)
+        now = self._clock.now_ms()
+        self._out.append(
+            OutRecord(self.config.kafka.scored_topic, dev.key.encode(), record.encode(), now)
+        )
+        if self._metrics:
+            self._metrics.ticks_out.labels(str(out.revision)).inc()
+            if out.revision == 0:
+                self._metrics.imputed.inc(int(np.count_nonzero(out.imputed)))
+                if out.anomaly:
+                    self._metrics.anomalies.inc()
+                if item.tick.received_ms is not None:
+                    self._lags.append(max(0, now - item.tick.received_ms) / 1000.0)
+
+    def _dead_letter(
+        self, reason: str, detail: str, topic: str, payload: bytes, received_ms: int
+    ) -> None:
+        letter = DeadLetter(reason, detail, f"mqtt:{topic}", payload, received_ms)
+        self._out.append(
+            OutRecord(
+                self.config.kafka.deadletter_topic,
+                topic.encode(),
+                letter.encode(),
+                self._clock.now_ms(),
+            )
+        )
+        if self._metrics:
+            self._metrics.bad_input.labels(reason).inc()
+            self._metrics.dead_letters.inc()
+        now = self._clock.monotonic()
+        last, suppressed = self._bad_logged.get(reason, (-math.inf, 0))
+        if now - last >= _BAD_LOG_EVERY_S:
+            log.warning(
+                "agent.bad_input",
+                extra={
+                    "reason": reason,
+                    "topic": topic,
+                    "detail": detail[:200],
+                    "suppressed": suppressed,
+                },
+            )
+            self._bad_logged[reason] = (now, 0)
+        else:
+            self._bad_logged[reason] = (last, suppressed + 1)
+
+    def _commit(self) -> None:
+        if not self._out and self._processed_up_to == self._committed_up_to:
+            return
+        consumed_below = None
+        if self._processed_up_to is not None:
+            tokens = [t for d in self._devices if (t := d.aligner.min_token()) is not None]
+            if (bt := self._batch.min_token()) is not None:
+                tokens.append(bt)
+            consumed_below = min([*tokens, self._processed_up_to + 1])
+        try:
+            dropped = self._spool.commit(
+                self._out,
+                device_ticks=self._device_ticks,
+                processed_up_to=self._processed_up_to,
+                consumed_below=consumed_below,
+            )
+        except SpoolDiskFull as exc:
+            self._on_disk_full(exc)  # records stay in memory; the journal still has their input
+            return
+        if self._disk_full and not self._pending:
+            self._disk_full = False
+            log.warning("spool.disk_ok", extra={"path": str(self._spool.path)})
+        if self._metrics:
+            for lag in self._lags:
+                self._metrics.tick_lag.observe(lag)
+            if dropped:
+                self._metrics.spool_dropped.inc(dropped)
+        self._out, self._lags, self._device_ticks = [], [], {}
+        self._committed_up_to = self._processed_up_to
+        self._forwarder.notify()
+
+    def _on_disk_full(self, exc: SpoolDiskFull) -> None:
+        """Pause intake until the spool can store again (Kafka draining it frees space)."""
+        self._disk_retry_at = self._clock.monotonic() + 1.0
+        if not self._disk_full:
+            self._disk_full = True
+            log.error("spool.disk_full", extra={"path": str(self._spool.path), "error": str(exc)})
+
+    # -- periodic: models, metrics ---------------------------------------------------------
+
+    def _periodic(self) -> None:
+        mono = self._clock.monotonic()
+        if mono - self._last_bundle_check >= self.config.bundles.poll_s:
+            self._last_bundle_check = mono
+            self._apply_reload(self._watcher.check())
+        if self._metrics and mono - self._last_stats >= _STATS_EVERY_S:
+            self._last_stats = mono
+            stats = self._spool.stats()
+            m = self._metrics
+            m.spool_records.set(stats.records)
+            m.spool_bytes.set(stats.bytes)
+            age = (
+                0.0
+                if stats.oldest_created_ms is None
+                else (self._clock.now_ms() - stats.oldest_created_ms) / 1000
+            )
+            m.spool_age.set(max(0.0, age))
+            m.mqtt_connected.set(1 if self._source.connected else 0)
+            offline = sum(1 for d in self._devices if d.aligner.offline)
+            m.devices.labels("online").set(len(self._devices) - offline)
+            m.devices.labels("offline").set(offline)
+
+    def _apply_reload(self, events: list[ReloadEvent]) -> None:
+        for ev in events:
+            if self._metrics:
+                self._metrics.model_reloads.labels("accepted" if ev.ok else "refused").inc()
+            if ev.bundle is None:
+                continue
+            self._run_batch()  # windows prepared with the old model finish with it
+            for dev in self._devices:
+                if dev.rule.bundle == ev.name:
+                    self._swap(dev, ev.bundle)
+            self._model_info(ev.name, ev.bundle)
+
+    def _swap(self, dev: Device, new: Bundle) -> None:
+        if not same_grid(dev.bundle.manifest, new.manifest):
+            # a new grid: what is open closes and is scored with the old model first
+            self._on_aligned(dev, dev.aligner.drain())
+            self._run_batch()
+        self._devices.rebind(dev, new)
+
+    def _model_info(self, name: str, new: Bundle) -> None:
+        old = self._in_use.get(name)
+        self._in_use[name] = new
+        if not self._metrics:
+            return
+        if old is not None and old.manifest.version != new.manifest.version:
+            try:
+                self._metrics.model_info.remove(old.manifest.name, old.manifest.version)
+            except KeyError:
+                log.debug("agent.model_info_missing")
+        self._metrics.model_info.labels(new.manifest.name, new.manifest.version).set(1)

@@ -1,0 +1,286 @@
+"""``gapwatch agent``: run the edge agent (MQTT in, impute and score, Kafka out).
+
+Builds the config, logging, metrics, spool, adapters and the agent, replays the journal left by
+a crash, then runs until SIGTERM/SIGINT: stop reading MQTT, finish the open ticks, spool them,
+and give Kafka up to ``shutdown_timeout_s`` to take the spool (what is left stays on disk for the
+next start).
+"""
+
+from __future__ import annotations
+
+import argparse
+import faulthandler
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from edge.config import ENV_PREFIX, AgentConfig, load_config
+from edge.errors import BundleError, ConfigError, EdgeError, TransportError
+
+log = logging.getLogger("edge.agent_cli")
+
+_STD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+HELP_EPILOG = f"""\
+configuration:
+  Every key of the TOML file can be overridden by an environment variable
+  {ENV_PREFIX}<SECTION>__<KEY> (e.g. {ENV_PREFIX}MQTT__HOST=broker.lan,
+  {ENV_PREFIX}KAFKA__BOOTSTRAP=k1:9092,k2:9092) or by --set section.key=value.
+  Values are read as TOML when they parse (1884, true, ["a","b"]) and as text otherwise.
+  A commented example: deploy/edge/agent.toml.
+
+examples:
+  gapwatch agent --config /etc/gapwatch/agent.toml --check   # validate config and bundles
+  gapwatch agent --config agent.toml --set mqtt.port=1884 --log-format json
+
+exit status: 0 stopped cleanly, 1 runtime failure (e.g. MQTT watchdog), 2 bad config or bundle.
+"""
+
+
+class _KeyValueFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        fields = {k: v for k, v in vars(record).items() if k not in _STD_ATTRS}
+        parts = [
+            self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            f"level={record.levelname.lower()}",
+            f"event={record.getMessage()}",
+            f"logger={record.name}",
+        ]
+        parts += [f"{k}={_kv(v)}" for k, v in fields.items()]
+        if record.exc_info:
+            parts.append(f"exc={_kv(self.formatException(record.exc_info))}")
+        return " ".join(parts)
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        body: dict[str, Any] = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "event": record.getMessage(),
+            "logger": record.name,
+        }
+        body.update({k: v for k, v in vars(record).items() if k not in _STD_ATTRS})
+        if record.exc_info:
+            body["exc"] = self.formatException(record.exc_info)
+        return json.dumps(body, default=str)
+
+
+def _kv(value: object) -> str:
+    text = str(value)
+    return json.dumps(text) if (not text or any(c in text for c in ' ="\n')) else text
+
+
+def setup_logging(fmt: str, level: str) -> None:
+    import time
+
+    handler = logging.StreamHandler(sys.stderr)
+    formatter: logging.Formatter = _JsonFormatter() if fmt == "json" else _KeyValueFormatter()
+    formatter.converter = time.gmtime
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("kafka").setLevel(max(logging.WARNING, root.level))
+    # "Topic ... not found in cluster metadata" is routine while a topic is auto-created
+    logging.getLogger("kafka.cluster").setLevel(logging.CRITICAL)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gapwatch agent",
+        description="Run the edge agent: read sensor messages from MQTT, align them to the model's "
+        "tick grid, impute gaps and score anomalies with the ONNX bundle, and publish scored ticks "
+        "to Kafka through a crash-safe disk spool.",
+        epilog=HELP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--config",
+        default=os.environ.get("GAPWATCH_AGENT_CONFIG"),
+        help="TOML config file [env GAPWATCH_AGENT_CONFIG]",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config value (repeatable), e.g. --set kafka.bootstrap=host:9092",
+    )
+    p.add_argument("--check", action="store_true", help="validate config and bundles, then exit")
+    p.add_argument("--log-format", choices=["kv", "json"], help="override log_format")
+    p.add_argument("--log-level", help="override log_level (DEBUG, INFO, WARNING, ERROR)")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    sets = list(args.set)
+    if args.log_format:
+        sets.append(f'log_format="{args.log_format}"')
+    if args.log_level:
+        sets.append(f'log_level="{args.log_level}"')
+    try:
+        config = load_config(args.config, os.environ, sets)
+    except ConfigError as exc:
+        print(f"gapwatch agent: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(config.log_format, config.log_level)
+    if args.check:
+        return _check(config)
+    try:
+        return _run(config)
+    except (BundleError, ConfigError) as exc:
+        log.error("agent.cannot_start", extra={"error": str(exc)})
+        return 2
+    except EdgeError as exc:
+        log.error("agent.failed", extra={"error": str(exc)})
+        return 1
+
+
+def _check(config: AgentConfig) -> int:
+    from edge.decode import TopicTemplate
+    from edge.reload import BundleWatcher, bundle_loader
+
+    try:
+        for t in config.mqtt.topics:
+            TopicTemplate(t)
+    except ValueError as exc:
+        print(f"gapwatch agent --check: mqtt.topics: {exc}", file=sys.stderr)
+        return 2
+    try:
+        loader = bundle_loader(config.bundles.trusted_keys)
+        watcher = BundleWatcher(
+            config.bundles.root, [r.bundle for r in config.devices], loader=loader
+        )
+        bundles = watcher.load_initial()
+    except BundleError as exc:
+        print(f"gapwatch agent --check: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"config ok: mqtt {config.mqtt.host}:{config.mqtt.port} -> kafka {config.kafka.bootstrap}"
+    )
+    for name, b in bundles.items():
+        m = b.manifest
+        print(
+            f"bundle ok: {name} version {m.version} ({len(m.channels)} channels, "
+            f"tick {m.tick_seconds}s, window {m.window}) at {b.path}"
+        )
+    if config.bundles.trusted_keys:
+        print(f"signatures: required, trusted keys from {config.bundles.trusted_keys}")
+    print(f"spool: {config.spool_path} (when full: {config.spool.when_full})")
+    return 0
+
+
+def _run(config: AgentConfig) -> int:
+    from prometheus_client import CollectorRegistry
+
+    from edge.agent import Agent
+    from edge.decode import TopicTemplate
+    from edge.forward import Forwarder
+    from edge.kafka_out import KafkaSink
+    from edge.metrics import AgentMetrics, MetricsServer
+    from edge.mqtt_source import MqttSource
+    from edge.ports import SystemClock
+    from edge.reload import BundleWatcher, bundle_loader
+    from edge.spool import Spool
+
+    clock = SystemClock()
+    registry = CollectorRegistry()
+    metrics = AgentMetrics(registry)
+    watcher = BundleWatcher(
+        config.bundles.root,
+        [r.bundle for r in config.devices],
+        loader=bundle_loader(config.bundles.trusted_keys, config.inference.intra_op_threads),
+    )
+    watcher.load_initial()
+    Path(config.state_dir).mkdir(parents=True, exist_ok=True)
+    spool = Spool(
+        config.spool_path,
+        max_records=config.spool.max_records,
+        max_bytes=config.spool.max_bytes,
+        when_full=config.spool.when_full,
+        synchronous=config.spool.synchronous,
+        min_free_bytes=config.spool.min_free_bytes,
+    )
+    sink = KafkaSink(config.kafka, config.client_id)
+
+    def acked(count: int, newest_created_ms: int) -> None:
+        metrics.kafka_acked.inc(count)
+        metrics.delivery_lag.observe(max(0, clock.now_ms() - newest_created_ms) / 1000.0)
+
+    forwarder = Forwarder(
+        spool,
+        sink,
+        clock,
+        max_in_flight=config.kafka.max_in_flight_records,
+        rate=config.kafka.drain_rate,
+        stall_timeout_s=(config.kafka.delivery_timeout_ms + config.kafka.request_timeout_ms) / 1000
+        + 10.0,
+        on_acked=acked,
+        on_error=lambda kind: metrics.kafka_errors.labels(kind).inc(),
+    )
+    filters = [TopicTemplate(t).filter for t in config.mqtt.topics]
+    extra = [config.mqtt.announce_topic] if config.mqtt.announce_topic else []
+    source = MqttSource(config.mqtt, config.client_id, filters, clock, extra_filters=extra)
+    agent = Agent(
+        config,
+        source=source,
+        spool=spool,
+        forwarder=forwarder,
+        watcher=watcher,
+        clock=clock,
+        metrics=metrics,
+    )
+    server = None
+    if config.metrics.port:
+        server = MetricsServer(registry, config.metrics.host, config.metrics.port, agent.health)
+        server.start()
+
+    stop = threading.Event()
+    forward_stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("agent.signal", extra={"signal": signal.Signals(signum).name})
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1: dump every stack
+    thread = threading.Thread(
+        target=forwarder.run,
+        args=(forward_stop, config.shutdown_timeout_s),
+        name="gapwatch-forwarder",
+        daemon=True,
+    )
+    thread.start()
+    log.info(
+        "agent.starting",
+        extra={
+            "client_id": config.client_id,
+            "spool": str(config.spool_path),
+            "models": ",".join(f"{n}/{b.manifest.version}" for n, b in watcher.current.items()),
+        },
+    )
+    code = 0
+    try:
+        agent.recover()
+        source.start()
+        agent.run(stop)
+    except TransportError as exc:
+        log.error("agent.transport_failed", extra={"error": str(exc)})
+        code = 1
+    finally:
+        forward_stop.set()
+        thread.join(config.shutdown_timeout_s + 5.0)
+        sink.close()
+        spool.close()
+        if server is not None:
+            server.stop()
+    return code

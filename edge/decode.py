@@ -1,0 +1,208 @@
+"""MQTT topic and payload -> :class:`Reading` (pure: the arrival time is passed in).
+
+Topic templates name their levels: ``sensors/{site}/{device}`` carries a JSON object::
+
+    {"ts": 1700000000.5 | 1700000000500 | "2023-11-14T22:13:20.5Z",
+     "values": {"Pressure": 0.27, "Current": null}}
+
+(``ts`` in epoch seconds or milliseconds — a number >= 1e11 is read as milliseconds — or an
+RFC 3339 string with a zone; ``null`` means "not measured"), and
+``sensors/{site}/{device}/{channel}`` carries one plain number, stamped with its arrival time.
+
+A payload that cannot be used at all raises :class:`~edge.errors.PayloadError` with a stable
+``reason``. A usable payload with some bad values yields a :class:`Reading` holding the good
+values plus ``rejected`` ``(channel, reason)`` pairs, so the caller can dead-letter the raw
+payload without losing the rest. Reasons:
+
+``unknown_topic``, ``oversized``, ``not_utf8``, ``not_json``, ``bad_shape``, ``bad_ts``,
+``ts_future``, ``ts_past``, ``bad_value``, ``non_finite`` (and, decided by the caller,
+``unknown_device``, ``unknown_channel``, ``too_late``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+from edge.errors import PayloadError
+
+__all__ = ["Limits", "Reading", "TopicTemplate", "decode_message", "parse_ts"]
+
+_MS_THRESHOLD = 1e11  # epoch numbers at or above this are milliseconds (1e11 s is year 5138)
+_FIELD_RE = re.compile(r"\{([a-z]+)\}")
+_KNOWN_FIELDS = {"site", "device", "channel"}
+
+
+@dataclass(frozen=True)
+class Reading:
+    """Values of one device at one time, from one MQTT message."""
+
+    site: str
+    device: str
+    ts_ms: int
+    values: dict[str, float]  # NaN = reported as not measured
+    received_ms: int
+    rejected: tuple[tuple[str, str], ...] = ()  # (channel, reason) dropped from values
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_payload_bytes: int = 65536
+    future_tolerance_ms: int = 300_000
+    max_age_ms: int = 0  # 0: no age limit
+    min_ts_ms: int = 946_684_800_000  # 2000-01-01T00:00:00Z
+
+
+class TopicTemplate:
+    """A topic pattern with named levels, e.g. ``sensors/{site}/{device}/{channel}``."""
+
+    def __init__(self, pattern: str) -> None:
+        names = _FIELD_RE.findall(pattern)
+        unknown = set(names) - _KNOWN_FIELDS
+        if unknown or "device" not in names or len(set(names)) != len(names):
+            raise ValueError(
+                f"topic template {pattern!r} needs one {{device}} and may use {{site}}, "
+                f"{{channel}} once each (got fields {names})"
+            )
+        levels = pattern.split("/")
+        for level in levels:
+            if "{" in level and not _FIELD_RE.fullmatch(level):
+                raise ValueError(f"topic template {pattern!r}: a field must fill a whole level")
+        self.pattern = pattern
+        self.fields = tuple(names)
+        self.per_channel = "channel" in names
+        self.filter = "/".join("+" if _FIELD_RE.fullmatch(lv) else lv for lv in levels)
+        regex = "/".join(
+            f"(?P<{m.group(1)}>[^/]+)" if (m := _FIELD_RE.fullmatch(lv)) else re.escape(lv)
+            for lv in levels
+        )
+        self._regex = re.compile(f"^{regex}$")
+
+    def match(self, topic: str) -> dict[str, str] | None:
+        m = self._regex.match(topic)
+        return None if m is None else m.groupdict()
+
+    def __repr__(self) -> str:
+        return f"TopicTemplate({self.pattern!r})"
+
+
+def parse_ts(value: object) -> int:
+    """Epoch seconds, epoch milliseconds or RFC 3339 (with a zone) -> epoch milliseconds."""
+    if isinstance(value, bool) or value is None:
+        raise ValueError(f"timestamp {value!r} is not a number or RFC 3339 string")
+    if isinstance(value, int | float):
+        try:
+            v = float(value)
+        except OverflowError as exc:  # an int beyond float range (JSON allows any length)
+            raise ValueError(f"timestamp {value!r:.40} is out of range") from exc
+        if not math.isfinite(v):
+            raise ValueError(f"timestamp {value!r} is not finite")
+        return round(v) if abs(v) >= _MS_THRESHOLD else round(v * 1000.0)
+    if isinstance(value, str):
+        try:
+            dt = datetime.fromisoformat(value.strip())
+        except ValueError as exc:
+            raise ValueError(f"timestamp {value!r} is not RFC 3339") from exc
+        if dt.tzinfo is None:
+            raise ValueError(f"timestamp {value!r} has no zone; append 'Z' or an offset")
+        return round(dt.timestamp() * 1000.0)
+    raise ValueError(f"timestamp {value!r} is not a number or RFC 3339 string")
+
+
+def _nan_constant(_name: str) -> float:
+    return math.nan  # NaN / Infinity literals: reported as non_finite per value
+
+
+def _number(channel: str, raw: object, rejected: list[tuple[str, str]]) -> float | None:
+    if raw is None:
+        return math.nan
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        rejected.append((channel, "bad_value"))
+        return None
+    try:
+        v = float(raw)
+    except OverflowError:  # an int beyond float range: as unusable as Infinity
+        v = math.inf
+    if not math.isfinite(v):
+        rejected.append((channel, "non_finite"))
+        return None
+    return v
+
+
+def _check_time(ts_ms: int, received_ms: int, limits: Limits) -> None:
+    if ts_ms > received_ms + limits.future_tolerance_ms:
+        raise PayloadError(
+            "ts_future", f"ts {ts_ms} is {ts_ms - received_ms} ms ahead of the clock"
+        )
+    if ts_ms < limits.min_ts_ms:
+        raise PayloadError("ts_past", f"ts {ts_ms} is before the minimum {limits.min_ts_ms}")
+    if limits.max_age_ms > 0 and ts_ms < received_ms - limits.max_age_ms:
+        raise PayloadError("ts_past", f"ts {ts_ms} is {received_ms - ts_ms} ms old")
+
+
+def decode_message(
+    topic: str,
+    payload: bytes,
+    received_ms: int,
+    templates: tuple[TopicTemplate, ...],
+    *,
+    limits: Limits,
+    default_site: str = "default",
+) -> Reading:
+    """Decode one MQTT message; raise PayloadError with a stable reason when it is unusable."""
+    fields: dict[str, str] | None = None
+    template = None
+    for template in templates:
+        fields = template.match(topic)
+        if fields is not None:
+            break
+    if fields is None or template is None:
+        raise PayloadError("unknown_topic", f"topic {topic!r} matches no template")
+    if len(payload) > limits.max_payload_bytes:
+        raise PayloadError("oversized", f"{len(payload)} bytes > {limits.max_payload_bytes}")
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PayloadError("not_utf8", str(exc)) from exc
+    try:
+        data = json.loads(text, parse_constant=_nan_constant)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, too long ints, deep nesting
+        raise PayloadError("not_json", str(exc)[:200]) from exc
+    site = fields.get("site", default_site)
+    device = fields["device"]
+    rejected: list[tuple[str, str]] = []
+    values: dict[str, float] = {}
+    if template.per_channel:
+        channel = fields["channel"]
+        if isinstance(data, dict | list):
+            raise PayloadError("bad_shape", "a channel topic carries one plain number")
+        v = _number(channel, data, rejected)
+        if rejected:
+            raise PayloadError(rejected[0][1], f"channel {channel!r} value {data!r}")
+        assert v is not None
+        values[channel] = v
+        ts_ms = received_ms
+    else:
+        if not isinstance(data, dict):
+            raise PayloadError("bad_shape", 'expected {"ts": ..., "values": {...}}')
+        raw_values = data.get("values")
+        if not isinstance(raw_values, dict) or not raw_values:
+            raise PayloadError("bad_shape", '"values" must be a non-empty object of channels')
+        if "ts" not in data:
+            raise PayloadError("bad_ts", 'missing "ts"')
+        try:
+            ts_ms = parse_ts(data["ts"])
+        except ValueError as exc:
+            raise PayloadError("bad_ts", str(exc)) from exc
+        for channel, raw in raw_values.items():
+            v = _number(channel, raw, rejected)
+            if v is not None:
+                values[channel] = v
+        if not values:
+            reason = rejected[0][1]
+            raise PayloadError(reason, f"no usable value: {rejected}")
+    _check_time(ts_ms, received_ms, limits)
+    return Reading(site, device, ts_ms, values, received_ms, tuple(rejected))

@@ -1,0 +1,202 @@
+"""Kafka adapter (kafka-python 3.x): implements :class:`edge.ports.RecordSink`.
+
+The producer is created lazily (kafka-python bootstraps in its constructor, and the agent must
+start while Kafka is down). It uses ``acks="all"``, the idempotent producer (default in
+kafka-python 3, so its own retries never duplicate a record within a session), unlimited
+retries bounded by ``delivery_timeout_ms``, and ``linger_ms``/``batch_size`` batching.
+``send`` blocks at most ``max_block_ms`` (metadata unavailable): then it raises
+:class:`~edge.errors.TransportError` and the forwarder backs off.
+
+:meth:`KafkaSink.find_sent` reads back, with a short-lived consumer, the records written since
+a time, to learn which spool ids already arrived (see :mod:`edge.forward`).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from edge.config import KafkaConfig
+from edge.errors import ConfigError, TransportError
+from edge.ports import DeliveryCallback
+
+__all__ = ["KafkaSink"]
+
+log = logging.getLogger(__name__)
+_READ_TIMEOUT_S = 30.0
+
+
+class KafkaSink:
+    """Producer side of the agent; thread-safe for one sending thread plus callbacks."""
+
+    def __init__(self, config: KafkaConfig, client_id: str) -> None:
+        self._config = config
+        self._client_id = config.client_id or client_id
+        self._producer: Any = None
+
+    def _common(self) -> dict[str, Any]:
+        c = self._config
+        opts: dict[str, Any] = {
+            "bootstrap_servers": [s.strip() for s in c.bootstrap.split(",") if s.strip()],
+            "client_id": self._client_id,
+            "request_timeout_ms": c.request_timeout_ms,
+            "reconnect_backoff_max_ms": 2000,  # notice a returning broker within seconds
+            "security_protocol": c.security_protocol,
+        }
+        if c.sasl_mechanism:
+            password = c.sasl_password
+            if c.sasl_password_file:
+                try:
+                    password = Path(c.sasl_password_file).read_text(encoding="utf-8").strip()
+                except OSError as exc:
+                    raise ConfigError(
+                        f"kafka.sasl_password_file {c.sasl_password_file!r}: {exc.strerror}"
+                    ) from exc
+            opts.update(
+                sasl_mechanism=c.sasl_mechanism,
+                sasl_plain_username=c.sasl_username,
+                sasl_plain_password=password,
+            )
+        if c.ssl_cafile:
+            opts["ssl_cafile"] = c.ssl_cafile
+        return opts
+
+    def _ensure(self) -> Any:
+        if self._producer is not None:
+            return self._producer
+        from kafka import KafkaProducer
+        from kafka.errors import KafkaError
+
+        c = self._config
+        try:
+            self._producer = KafkaProducer(
+                **self._common(),
+                acks="all",
+                enable_idempotence=True,
+                linger_ms=c.linger_ms,
+                batch_size=c.batch_size,
+                compression_type=None if c.compression == "none" else c.compression,
+                delivery_timeout_ms=c.delivery_timeout_ms,
+                max_block_ms=c.max_block_ms,
+                bootstrap_timeout_ms=max(c.max_block_ms, 1000),
+            )
+        except (KafkaError, OSError) as exc:
+            raise TransportError(f"Kafka at {c.bootstrap} is unreachable: {exc!r}") from exc
+        log.info("kafka.connected", extra={"bootstrap": c.bootstrap})
+        return self._producer
+
+    def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: list[tuple[str, bytes]],
+        on_done: DeliveryCallback,
+    ) -> None:
+        from kafka.errors import KafkaError
+
+        producer = self._ensure()
+        try:
+            future = producer.send(topic, value=value, key=key, headers=headers)
+        except (KafkaError, OSError) as exc:
+            raise TransportError(f"cannot queue a record for {topic}: {exc!r}") from exc
+        future.add_callback(lambda _meta: on_done(None))
+        future.add_errback(on_done)
+
+    def flush(self, timeout_s: float) -> None:
+        from kafka.errors import KafkaError
+
+        if self._producer is None:
+            return
+        try:
+            self._producer.flush(timeout=timeout_s)
+        except KafkaError as exc:
+            raise TransportError(f"flush did not finish in {timeout_s}s: {exc!r}") from exc
+
+    def find_sent(
+        self, topics: Sequence[str], since_ms: int, header: str, prefix: bytes
+    ) -> set[bytes]:
+        from kafka import KafkaConsumer, TopicPartition
+        from kafka.errors import KafkaError
+
+        found: set[bytes] = set()
+        opts = self._common()
+        opts["client_id"] = f"{self._client_id}-reconcile-{uuid.uuid4().hex[:6]}"
+        try:
+            consumer = KafkaConsumer(
+                **opts,
+                group_id=None,
+                enable_auto_commit=False,
+                isolation_level="read_uncommitted",
+                bootstrap_timeout_ms=max(self._config.max_block_ms, 1000),
+            )
+        except (KafkaError, OSError) as exc:
+            raise TransportError(f"cannot read back from Kafka: {exc!r}") from exc
+        try:
+            parts = [
+                TopicPartition(t, p)
+                for t in topics
+                for p in sorted(consumer.partitions_for_topic(t) or ())
+            ]
+            if not parts:
+                return found
+            starts = consumer.offsets_for_times(dict.fromkeys(parts, max(0, since_ms)))
+            ends = consumer.end_offsets(parts)
+            todo = {
+                tp: off.offset
+                for tp, off in starts.items()
+                if off is not None and off.offset < ends[tp]
+            }
+            if not todo:
+                return found
+            consumer.assign(list(todo))
+            for tp, offset in todo.items():
+                consumer.seek(tp, offset)
+            remaining = dict(todo)
+            idle_polls = 0
+            while remaining and idle_polls < int(_READ_TIMEOUT_S):
+                batch = consumer.poll(timeout_ms=1000, max_records=5000)
+                idle_polls = 0 if batch else idle_polls + 1
+                for records in batch.values():
+                    for rec in records:
+                        for name, value in rec.headers or ():
+                            if name == header and value.startswith(prefix):
+                                found.add(bytes(value))
+                for tp in list(remaining):
+                    if consumer.position(tp) >= ends[tp]:
+                        del remaining[tp]
+            if remaining:
+                raise TransportError(
+                    f"could not read Kafka back to the end of {sorted(map(str, remaining))}"
+                )
+        except KafkaError as exc:
+            raise TransportError(f"cannot read back from Kafka: {exc!r}") from exc
+        finally:
+            consumer.close()
+        log.info("kafka.read_back", extra={"partitions": len(parts), "found": len(found)})
+        return found
+
+    def abandon(self) -> None:
+        """Drop the producer without waiting; pending deliveries fail; the next send reconnects."""
+        self._close(0.0)
+
+    def close(self) -> None:
+        self._close(5.0)
+
+    def _close(self, timeout_s: float) -> None:
+        from kafka.errors import KafkaError
+
+        producer, self._producer = self._producer, None
+        if producer is None:
+            return
+        try:
+            producer.close(timeout=timeout_s)
+        except KafkaError as exc:
+            # kafka-python's close() raises from its flush before it forces the sender down
+            log.warning("kafka.close_forced", extra={"error": repr(exc)})
+            sender = getattr(producer, "_sender", None)
+            if sender is not None:
+                sender.force_close()

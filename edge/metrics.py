@@ -1,0 +1,166 @@
+"""The agent's Prometheus metrics and its HTTP endpoint (``/metrics``, ``/healthz``).
+
+:class:`AgentMetrics` is built in ``main`` on a ``CollectorRegistry`` of its own (never the
+global one) and passed to the parts that update it. :class:`MetricsServer` serves that registry
+and a health document; ``/healthz`` answers 200 when the agent loop is alive and its models are
+loaded, 503 otherwise, with the details as JSON either way.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from edge.errors import ConfigError
+
+__all__ = ["AgentMetrics", "MetricsServer"]
+
+log = logging.getLogger(__name__)
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+_LAG_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+
+class AgentMetrics:
+    """Every metric the agent exports, registered on ``registry``."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        ns = "gapwatch_agent"
+        r = registry
+        self.registry = registry
+        self.messages_in = Counter(f"{ns}_messages", "MQTT messages received", registry=r)
+        self.readings_in = Counter(f"{ns}_readings", "channel readings accepted", registry=r)
+        self.ticks_out = Counter(f"{ns}_ticks", "scored ticks spooled", ["revision"], registry=r)
+        self.imputed = Counter(f"{ns}_imputed_entries", "channel entries imputed", registry=r)
+        self.anomalies = Counter(f"{ns}_anomaly_ticks", "ticks flagged anomalous", registry=r)
+        self.bad_input = Counter(
+            f"{ns}_bad_input", "messages or readings refused, by reason", ["reason"], registry=r
+        )
+        self.dead_letters = Counter(f"{ns}_dead_letters", "dead letters spooled", registry=r)
+        self.transitions = Counter(
+            f"{ns}_device_transitions", "devices going offline/online", ["kind"], registry=r
+        )
+        self.devices = Gauge(f"{ns}_devices", "devices seen, by state", ["state"], registry=r)
+        self.spool_records = Gauge(
+            f"{ns}_spool_records", "records waiting in the spool", registry=r
+        )
+        self.spool_bytes = Gauge(f"{ns}_spool_bytes", "bytes waiting in the spool", registry=r)
+        self.spool_age = Gauge(
+            f"{ns}_spool_oldest_age_seconds", "age of the oldest spooled record", registry=r
+        )
+        self.spool_dropped = Counter(
+            f"{ns}_spool_dropped", "records dropped by the drop_oldest policy", registry=r
+        )
+        self.intake_paused = Gauge(
+            f"{ns}_intake_paused", "1 while MQTT intake is paused (spool full)", registry=r
+        )
+        self.kafka_acked = Counter(f"{ns}_kafka_acked", "records acknowledged by Kafka", registry=r)
+        self.kafka_errors = Counter(
+            f"{ns}_kafka_errors", "Kafka failures, by kind", ["kind"], registry=r
+        )
+        self.mqtt_connected = Gauge(f"{ns}_mqtt_connected", "1 while connected to MQTT", registry=r)
+        self.inference_seconds = Histogram(
+            f"{ns}_inference_seconds",
+            "model run time per micro-batch",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_ticks = Histogram(
+            f"{ns}_batch_ticks",
+            "ticks per micro-batch",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+            registry=r,
+        )
+        self.tick_lag = Histogram(
+            f"{ns}_tick_lag_seconds",
+            "MQTT arrival of a tick's newest reading -> its scored record spooled",
+            buckets=_LAG_BUCKETS,
+            registry=r,
+        )
+        self.delivery_lag = Histogram(
+            f"{ns}_delivery_lag_seconds",
+            "record spooled -> acknowledged by Kafka",
+            buckets=_LAG_BUCKETS,
+            registry=r,
+        )
+        self.model_reloads = Counter(
+            f"{ns}_model_reloads", "bundle reload attempts, by result", ["result"], registry=r
+        )
+        self.model_info = Gauge(
+            f"{ns}_model_info",
+            "the bundle version in use (value 1)",
+            ["model", "version"],
+            registry=r,
+        )
+
+
+class MetricsServer:
+    """``/metrics`` (Prometheus text format) and ``/healthz`` (JSON) on a small HTTP server."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        host: str,
+        port: int,
+        health: Callable[[], tuple[bool, dict[str, Any]]],
+    ) -> None:
+        self._registry = registry
+        self._health = health
+        handler = self._handler()
+        try:
+            self._server = ThreadingHTTPServer((host, port), handler)
+        except OSError as exc:
+            raise ConfigError(
+                f"metrics endpoint {host}:{port}: {exc.strerror}; choose another metrics.port "
+                "(0 disables the endpoint)"
+            ) from exc
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="gapwatch-metrics", daemon=True
+        )
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        self._thread.start()
+        log.info("metrics.listening", extra={"port": self.port})
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        registry, health = self._registry, self._health
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    self._reply(200, CONTENT_TYPE_LATEST, generate_latest(registry))
+                elif path in {"/healthz", "/health"}:
+                    ok, detail = health()
+                    body = json.dumps({"status": "ok" if ok else "unhealthy", **detail}).encode()
+                    self._reply(200 if ok else 503, "application/json", body)
+                else:
+                    self._reply(404, "text/plain", b"try /metrics or /healthz\n")
+
+            def _reply(self, status: int, ctype: str, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                log.debug("metrics.request", extra={"line": format % args})
+
+        return Handler

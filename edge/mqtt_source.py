@@ -1,0 +1,232 @@
+"""MQTT adapter (paho-mqtt 2.x, callback API VERSION2) implementing ``edge.ports.MessageSource``.
+
+* QoS 1 with a persistent session and a stable client id: MQTT 5 ``clean_start=False`` with a
+  session-expiry interval, or MQTT 3.1.1 ``clean_session=False``. The broker keeps our queue
+  while the agent is away (Mosquitto bounds it with ``max_queued_messages``: raise it on
+  gateways that may be offline for long).
+* Manual acknowledgement: a message is PUBACKed only when the agent calls :meth:`ack`, after
+  it journaled the message to disk, so a crash never loses an acknowledged message.
+* Reconnect with exponential backoff (paho's ``reconnect_delay_set``), resubscribe on every
+  connect; :attr:`disconnected_for_s` feeds the agent's watchdog.
+* TLS and username/password; shared subscriptions (``$share/<group>/<filter>``) for agents
+  that split one stream.
+
+paho's network thread only puts messages on a bounded queue; the agent thread polls it.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import ssl
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from edge.config import MqttConfig
+from edge.errors import ConfigError
+from edge.ports import Clock, InMessage
+
+__all__ = ["MqttSource"]
+
+log = logging.getLogger(__name__)
+_ENQUEUE_WAIT_S = 5.0
+
+
+class MqttSource:
+    """Subscribes to the sensor topics (and optional announcement topic) on one broker."""
+
+    def __init__(
+        self,
+        config: MqttConfig,
+        client_id: str,
+        filters: Sequence[str],
+        clock: Clock,
+        extra_filters: Sequence[str] = (),
+    ) -> None:
+        self._config = config
+        self._client_id = client_id
+        group = config.shared_group
+        self._filters = [f"$share/{group}/{f}" if group else f for f in filters]
+        self._filters += list(extra_filters)  # never shared: every agent must see these
+        self._clock = clock
+        self._queue: queue.Queue[InMessage] = queue.Queue(maxsize=config.queue_max)
+        self._generation = 0
+        self._connected = False
+        self._subscribed = False
+        self._down_since: float | None = time.monotonic()
+        self._lock = threading.Lock()
+        self._client: Any = None
+        self.dropped = 0
+
+    # -- MessageSource ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        c = self._config
+        v5 = c.protocol == "5"
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self._client_id,
+            clean_session=None if v5 else False,
+            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+            manual_ack=True,
+        )
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
+        client.reconnect_delay_set(c.reconnect_min_s, c.reconnect_max_s)
+        password = c.password
+        if c.password_file:
+            try:
+                password = Path(c.password_file).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(f"mqtt.password_file {c.password_file!r}: {exc}") from exc
+        if c.username:
+            client.username_pw_set(c.username, password or None)
+        if c.tls.enabled:
+            client.tls_set(
+                ca_certs=c.tls.ca_file or None,
+                certfile=c.tls.cert_file or None,
+                keyfile=c.tls.key_file or None,
+                cert_reqs=ssl.CERT_REQUIRED,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+            client.tls_insecure_set(c.tls.insecure)
+        if v5:
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = c.session_expiry_s
+            props.ReceiveMaximum = 1000
+            client.connect_async(
+                c.host, c.port, keepalive=c.keepalive_s, clean_start=False, properties=props
+            )
+        else:
+            client.connect_async(c.host, c.port, keepalive=c.keepalive_s)
+        self._client = client
+        client.loop_start()
+        log.info(
+            "mqtt.starting",
+            extra={
+                "host": c.host,
+                "port": c.port,
+                "client_id": self._client_id,
+                "protocol": c.protocol,
+            },
+        )
+
+    def poll(self, max_messages: int, timeout_s: float) -> list[InMessage]:
+        out: list[InMessage] = []
+        try:
+            out.append(
+                self._queue.get(timeout=timeout_s) if timeout_s > 0 else self._queue.get_nowait()
+            )
+        except queue.Empty:
+            return out
+        while len(out) < max_messages:
+            try:
+                out.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return out
+
+    def ack(self, messages: Sequence[InMessage]) -> None:
+        client = self._client
+        if client is None:
+            return
+        with self._lock:
+            generation = self._generation
+        for m in messages:
+            token = m.ack_token
+            if not isinstance(token, tuple):
+                continue
+            gen, mid, qos = token
+            # After a reconnect the broker redelivers unacknowledged messages itself; an
+            # ack for the old connection's packet id could hit another message: skip it.
+            if qos > 0 and gen == generation:
+                client.ack(mid, qos)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    @property
+    def subscribed(self) -> bool:
+        """True once the broker granted the subscriptions of the current connection."""
+        return self._connected and self._subscribed
+
+    @property
+    def disconnected_for_s(self) -> float:
+        since = self._down_since
+        return 0.0 if since is None else time.monotonic() - since
+
+    def stop(self) -> None:
+        client, self._client = self._client, None
+        if client is None:
+            return
+        try:
+            client.disconnect()
+        finally:
+            client.loop_stop()
+        log.info("mqtt.stopped", extra={"dropped": self.dropped})
+
+    # -- paho callbacks (network thread) ---------------------------------------------------
+
+    def _on_connect(
+        self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any
+    ) -> None:
+        if reason_code.is_failure:
+            log.warning("mqtt.connect_refused", extra={"reason": str(reason_code)})
+            return
+        with self._lock:
+            self._generation += 1
+        self._connected = True
+        self._subscribed = False
+        self._down_since = None
+        qos = self._config.qos
+        if self._filters:
+            client.subscribe([(f, qos) for f in self._filters])
+        log.info(
+            "mqtt.connected",
+            extra={
+                "session_present": bool(getattr(flags, "session_present", False)),
+                "filters": ",".join(self._filters),
+            },
+        )
+
+    def _on_subscribe(
+        self, client: Any, userdata: Any, mid: int, reason_codes: Any, properties: Any
+    ) -> None:
+        failed = [str(rc) for rc in reason_codes if rc.is_failure]
+        if failed:
+            log.error("mqtt.subscribe_refused", extra={"reasons": ",".join(failed)})
+            return
+        self._subscribed = True
+        log.info("mqtt.subscribed", extra={"filters": len(self._filters)})
+
+    def _on_disconnect(
+        self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any
+    ) -> None:
+        if self._connected:
+            self._down_since = time.monotonic()
+        self._connected = False
+        log.warning("mqtt.disconnected", extra={"reason": str(reason_code)})
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        with self._lock:
+            generation = self._generation
+        item = InMessage(
+            msg.topic, bytes(msg.payload), self._clock.now_ms(), (generation, msg.mid, msg.qos)
+        )
+        try:
+            self._queue.put(item, timeout=_ENQUEUE_WAIT_S)
+        except queue.Full:
+            # Not acknowledged: a QoS 1 message comes back after the next reconnect.
+            self.dropped += 1
+            log.warning("mqtt.queue_full", extra={"topic": msg.topic, "dropped": self.dropped})

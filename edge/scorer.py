@@ -1,0 +1,540 @@
+"""Imputation and anomaly scoring semantics at inference: the only implementation (numpy only).
+
+Per device, :class:`DeviceScorer` keeps the last ``window`` ticks. For each new tick:
+
+- ``prepare`` returns the model input for the window ending at that tick: values scaled with
+  ``(value - center) / scale``, missing entries zero-filled, plus the mask (1 = observed);
+- the caller runs the model (any batch of windows, e.g. ``Bundle.run``), then ``finish`` turns
+  the decoded mean/log-variance [window, channels] into :class:`TickOutput` records:
+
+  * causal imputation: missing entries of the newest tick take the decoded mean,
+    ``sigma = exp(logvar / 2) * scale`` (original units);
+  * back-fill: the tick ``backfill_delay`` ticks back is re-imputed from this window (where it
+    sits at position ``window - 1 - backfill_delay``) and emitted again with ``revision=1``
+    when it had imputed entries; its score and alarm stay those of the causal result;
+  * score: Gaussian negative log-likelihood (scaled units) of the newest tick's *observed*
+    entries, averaged per observed entry, so a gap alone never raises it (``None`` when
+    nothing was observed); ``contributions`` are the per-channel NLLs; ``top_channels`` are
+    the observed channels with ``|z| >= top_z`` ordered by contribution (at most ``top_k``);
+  * alarm: EWMA-smoothed score with hysteresis (``edge.threshold``);
+  * offline: once a device has been fully silent for more than ``max_gap_ticks`` ticks, its
+    ticks are not imputed any more (values NaN, nothing marked imputed);
+  * warm-up: during the first ``warmup_ticks`` ticks no alarm is raised (``warmup=True``);
+    after them the threshold is recalibrated on the warm-up's own smoothed scores (same target
+    rate, plus ``warmup_margin``), and with ``rescale`` the per-channel center/scale are first
+    re-estimated from the warm-up observations and the warm-up ticks re-scored through the
+    ``runner`` given to ``finish``.
+
+``prepare``/``finish`` may be pipelined (several ``prepare`` calls, then the ``finish`` calls
+in the same order), except across the end of a rescaling warm-up. :func:`score_series` is the
+batch twin: it drives a ``DeviceScorer`` over a whole series with batched model calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from edge.bundle import Manifest, ThresholdSpec
+from edge.errors import InputError
+from edge.threshold import calibrate, ewma, ewma_step, hysteresis_step
+from edge.window import SlidingWindow
+
+__all__ = [
+    "DeviceScorer",
+    "ModelLike",
+    "Runner",
+    "ScoringOptions",
+    "SeriesResult",
+    "TickOutput",
+    "fit_scaling",
+    "model_inputs",
+    "score_series",
+]
+
+log = logging.getLogger(__name__)
+LOG_2PI = math.log(2.0 * math.pi)
+_RESCORE_BATCH = 256
+
+Runner = Callable[[NDArray[np.float32], NDArray[np.float32]], tuple[NDArray[Any], NDArray[Any]]]
+
+
+class ModelLike(Protocol):
+    """What :func:`score_series` needs of a bundle: its manifest and a batched ``run``."""
+
+    @property
+    def manifest(self) -> Manifest: ...
+
+    def run(
+        self, x: NDArray[np.float32], mask: NDArray[np.float32]
+    ) -> tuple[NDArray[Any], NDArray[Any]]: ...
+
+
+@dataclass(frozen=True)
+class ScoringOptions:
+    """Scoring knobs a bundle may carry in ``manifest.extra["scoring"]``."""
+
+    top_k: int = 3
+    top_z: float = 2.0
+    warmup_margin: float = 0.0
+
+    @classmethod
+    def from_manifest(cls, manifest: Manifest) -> ScoringOptions:
+        raw = manifest.extra.get("scoring", {})
+        if not isinstance(raw, dict):
+            return cls()
+        return cls(
+            top_k=int(raw.get("top_k", cls.top_k)),
+            top_z=float(raw.get("top_z", cls.top_z)),
+            warmup_margin=float(raw.get("warmup_margin", cls.warmup_margin)),
+        )
+
+
+@dataclass(frozen=True)
+class TickOutput:
+    """One device tick after imputation and scoring."""
+
+    ts_ms: int
+    values: NDArray[np.float64]  # [C] original units, observed or imputed (NaN when offline)
+    imputed: NDArray[np.bool_]  # [C]
+    sigma: NDArray[np.float64]  # [C] σ in original units where imputed, NaN where observed
+    score: float | None  # NLL per observed entry of this tick, None if nothing observed
+    contributions: NDArray[np.float64]  # [C] per-channel NLL, NaN where unobserved
+    smoothed: float | None
+    threshold: float
+    anomaly: bool
+    top_channels: tuple[str, ...]
+    revision: int  # 0 causal, 1 back-fill
+    warmup: bool
+
+
+@dataclass
+class _Pending:
+    ts_ms: int
+    raw: NDArray[np.float64]  # [C]
+    center: NDArray[np.float64]
+    scale: NDArray[np.float64]
+    silent_run: int  # consecutive fully silent ticks up to and including this one
+
+
+def fit_scaling(
+    values: NDArray[np.float64],
+    fallback_center: NDArray[np.float64] | None = None,
+    fallback_scale: NDArray[np.float64] | None = None,
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Robust per-channel ``(center, scale)`` of observations [N, C] (NaN = missing).
+
+    center = median, scale = IQR / 1.349 (the σ of a normal); a channel with zero IQR uses its
+    standard deviation, and one without spread or observations uses the fallback (else 0, 1).
+    """
+    vals = np.asarray(values, dtype=np.float64)
+    n_ch = vals.shape[1]
+    fc = np.zeros(n_ch) if fallback_center is None else np.asarray(fallback_center, np.float64)
+    fs = np.ones(n_ch) if fallback_scale is None else np.asarray(fallback_scale, np.float64)
+    center, scale = fc.copy(), fs.copy()
+    for c in range(n_ch):
+        col = vals[:, c][~np.isnan(vals[:, c])]
+        if col.size == 0:
+            continue
+        center[c] = float(np.median(col))
+        q75, q25 = np.quantile(col, [0.75, 0.25])
+        spread = float(q75 - q25) / 1.349
+        tiny = 1e-9 * max(1.0, abs(center[c]))
+        if spread <= tiny:
+            spread = float(np.std(col))
+        if spread > tiny:
+            scale[c] = spread
+    return center, scale
+
+
+def model_inputs(
+    window_values: NDArray[np.float64], center: NDArray[np.float64], scale: NDArray[np.float64]
+) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """Scaled, zero-filled values and the observed mask (both float32, same shape)."""
+    observed = ~np.isnan(window_values)
+    x = np.where(observed, (window_values - center) / scale, 0.0)
+    return x.astype(np.float32), observed.astype(np.float32)
+
+
+class DeviceScorer:
+    """Streaming imputation and scoring for one device (see the module docstring)."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        *,
+        warmup_ticks: int = 0,
+        rescale: bool = False,
+        history: tuple[NDArray[np.int64], NDArray[np.float64]] | None = None,
+        target_false_alarm_rate: float | None = None,
+        warmup_margin: float | None = None,
+        name: str = "",
+    ) -> None:
+        if warmup_ticks < 0:
+            raise InputError(f"warmup_ticks must be >= 0, got {warmup_ticks}")
+        self.manifest = manifest
+        self.name = name
+        self.channels = manifest.channel_names
+        self.warmup_ticks = warmup_ticks
+        self.rescale = rescale
+        self.center = manifest.center
+        self.scale = manifest.scale
+        self.threshold: ThresholdSpec = manifest.threshold
+        options = ScoringOptions.from_manifest(manifest)
+        self.options = ScoringOptions(
+            top_k=options.top_k,
+            top_z=options.top_z,
+            warmup_margin=options.warmup_margin if warmup_margin is None else warmup_margin,
+        )
+        self.target_rate = (
+            manifest.threshold.target_false_alarm_rate
+            if target_false_alarm_rate is None
+            else target_false_alarm_rate
+        )
+        self._w = manifest.window
+        self._c = len(self.channels)
+        self._tick_ms = max(1, round(manifest.tick_seconds * 1000))
+        self._window = SlidingWindow(self._w, self._c)
+        self._pending: deque[_Pending] = deque()
+        self._history: deque[TickOutput] = deque(maxlen=manifest.backfill_delay + 1)
+        self._smoothed: float | None = None
+        self._active = False
+        self._prepared = 0
+        self._finished = 0
+        self._silent_run = 0
+        self._last_ts: int | None = None
+        # warm-up store: raw rows on the grid (context rows marked not real)
+        self._warm_rows: list[NDArray[np.float64]] = []
+        self._warm_real: list[bool] = []
+        self._warm_smoothed: list[float] = []
+        if history is not None:
+            hist_ts, hist_values = history
+            for ts, row in zip(
+                np.asarray(hist_ts), np.asarray(hist_values, np.float64), strict=True
+            ):
+                self._push(int(ts), self._check_row(row), real=False)
+
+    # -- streaming API -------------------------------------------------------------------
+
+    @property
+    def in_warmup(self) -> bool:
+        return self._finished < self.warmup_ticks
+
+    @property
+    def must_finish_first(self) -> bool:
+        """True when ``prepare`` would refuse: the pending ticks end a rescaling warm-up."""
+        return self.rescale and self._finished < self.warmup_ticks <= self._prepared
+
+    def prepare(
+        self, ts_ms: int, values: NDArray[np.float64]
+    ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        """Push the newest aligned tick ([C] raw, NaN = missing); return (x, mask) [W, C] f32."""
+        if self.must_finish_first:
+            raise InputError(
+                "finish() the last warm-up tick before prepare() the next one: "
+                "rescaling at the end of warm-up changes the model inputs"
+            )
+        row = self._check_row(values)
+        self._push(int(ts_ms), row, real=True)
+        self._prepared += 1
+        self._pending.append(_Pending(int(ts_ms), row, self.center, self.scale, self._silent_run))
+        return model_inputs(self._window.values, self.center, self.scale)
+
+    def finish(self, mean: NDArray[Any], logvar: NDArray[Any], runner: Runner) -> list[TickOutput]:
+        """Model output [W, C] for the oldest prepared window: causal result, then any back-fill."""
+        if not self._pending:
+            raise InputError("finish() called without a matching prepare()")
+        mean = np.asarray(mean, dtype=np.float64)
+        logvar = np.asarray(logvar, dtype=np.float64)
+        if mean.shape != (self._w, self._c) or logvar.shape != (self._w, self._c):
+            raise InputError(
+                f"model output must be [{self._w}, {self._c}], got {mean.shape} and {logvar.shape}"
+            )
+        p = self._pending.popleft()
+        out = self._causal(p, mean[-1], logvar[-1])
+        outputs = [out]
+        d = self.manifest.backfill_delay
+        if d > 0:
+            target_ts = p.ts_ms - d * self._tick_ms
+            for prev in self._history:
+                if prev.ts_ms == target_ts and prev.imputed.any():
+                    pos = self._w - 1 - d
+                    outputs.append(self._backfill(prev, p, mean[pos], logvar[pos]))
+        self._history.append(out)
+        self._finished += 1
+        if self.warmup_ticks and self._finished == self.warmup_ticks:
+            self._end_warmup(runner)
+        return outputs
+
+    def recent(self) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+        """The last ``window`` raw ticks ``(ts_ms [n], values [n, C])`` to seed a new scorer."""
+        return self._window.recent()
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _check_row(self, values: NDArray[np.float64]) -> NDArray[np.float64]:
+        row = np.asarray(values, dtype=np.float64)
+        if row.shape != (self._c,):
+            raise InputError(
+                f"a tick needs {self._c} values in channel order {list(self.channels)}, "
+                f"got shape {row.shape}"
+            )
+        return row.copy()
+
+    def _push(self, ts_ms: int, row: NDArray[np.float64], *, real: bool) -> None:
+        recording = self._prepared < self.warmup_ticks  # rows the warm-up may re-score
+        if self._last_ts is not None:
+            step = ts_ms - self._last_ts
+            if step <= 0 or step % self._tick_ms:
+                raise InputError(
+                    f"tick {ts_ms} does not follow {self._last_ts} on the {self._tick_ms} ms grid; "
+                    "align readings to ticks first and push them in order"
+                )
+            skipped = step // self._tick_ms - 1
+            gap = np.full(self._c, np.nan)
+            for k in range(max(0, skipped - self._w), skipped):
+                self._window.push(self._last_ts + (k + 1) * self._tick_ms, gap)
+                if recording:
+                    self._warm_rows.append(gap)
+                    self._warm_real.append(False)
+            self._silent_run += skipped
+        self._window.push(ts_ms, row)
+        self._last_ts = ts_ms
+        self._silent_run = self._silent_run + 1 if np.isnan(row).all() else 0
+        if recording:
+            self._warm_rows.append(row)
+            self._warm_real.append(real)
+
+    def _nll(
+        self,
+        raw: NDArray[np.float64],
+        center: NDArray[np.float64],
+        scale: NDArray[np.float64],
+        mean: NDArray[np.float64],
+        logvar: NDArray[np.float64],
+    ) -> tuple[NDArray[np.bool_], NDArray[np.float64], NDArray[np.float64]]:
+        observed = ~np.isnan(raw)
+        z = np.where(observed, (raw - center) / scale, 0.0)
+        resid2 = (z - mean) ** 2 * np.exp(-logvar)
+        nll = np.where(observed, 0.5 * (LOG_2PI + logvar + resid2), np.nan)
+        return observed, nll, resid2
+
+    def _causal(
+        self, p: _Pending, mean: NDArray[np.float64], logvar: NDArray[np.float64]
+    ) -> TickOutput:
+        observed, nll, resid2 = self._nll(p.raw, p.center, p.scale, mean, logvar)
+        score = float(np.mean(nll[observed])) if observed.any() else None
+        if p.silent_run > self.manifest.max_gap_ticks:
+            values = np.full(self._c, np.nan)
+            imputed = np.zeros(self._c, dtype=bool)
+            sigma = np.full(self._c, np.nan)
+        else:
+            values = np.where(observed, p.raw, mean * p.scale + p.center)
+            imputed = ~observed
+            sigma = np.where(observed, np.nan, np.exp(logvar / 2.0) * p.scale)
+        self._smoothed = ewma_step(self._smoothed, score, self.threshold.ewma_alpha)
+        warm = self.in_warmup
+        if warm:
+            if score is not None and self._smoothed is not None:
+                self._warm_smoothed.append(self._smoothed)
+        else:
+            self._active = hysteresis_step(
+                self._active, self._smoothed, self.threshold.on, self.threshold.off
+            )
+        top: tuple[str, ...] = ()
+        if score is not None:
+            candidates = np.flatnonzero(observed & (resid2 >= self.options.top_z**2))
+            ranked = candidates[np.argsort(-nll[candidates], kind="stable")][: self.options.top_k]
+            top = tuple(self.channels[i] for i in ranked)
+        return TickOutput(
+            ts_ms=p.ts_ms,
+            values=values,
+            imputed=imputed,
+            sigma=sigma,
+            score=score,
+            contributions=nll,
+            smoothed=self._smoothed,
+            threshold=self.threshold.on,
+            anomaly=bool(self._active) and not warm,
+            top_channels=top,
+            revision=0,
+            warmup=warm,
+        )
+
+    def _backfill(
+        self, prev: TickOutput, p: _Pending, mean: NDArray[np.float64], logvar: NDArray[np.float64]
+    ) -> TickOutput:
+        values = np.where(prev.imputed, mean * p.scale + p.center, prev.values)
+        sigma = np.where(prev.imputed, np.exp(logvar / 2.0) * p.scale, np.nan)
+        return TickOutput(
+            ts_ms=prev.ts_ms,
+            values=values,
+            imputed=prev.imputed,
+            sigma=sigma,
+            score=prev.score,
+            contributions=prev.contributions,
+            smoothed=prev.smoothed,
+            threshold=prev.threshold,
+            anomaly=prev.anomaly,
+            top_channels=prev.top_channels,
+            revision=1,
+            warmup=prev.warmup,
+        )
+
+    def _end_warmup(self, runner: Runner) -> None:
+        rows = np.array(self._warm_rows, dtype=np.float64).reshape(-1, self._c)
+        real = np.array(self._warm_real, dtype=bool)
+        smoothed = np.array(self._warm_smoothed, dtype=np.float64)
+        if self.rescale and real.any():
+            self.center, self.scale = fit_scaling(rows[real], self.center, self.scale)
+            scores = self._rescore(rows, np.flatnonzero(real), runner)
+            smoothed = ewma(scores, self.threshold.ewma_alpha)
+            finite = smoothed[np.isfinite(smoothed)]
+            self._smoothed = float(finite[-1]) if finite.size else None
+        try:
+            self.threshold = calibrate(
+                smoothed,
+                self.target_rate,
+                alpha=self.threshold.ewma_alpha,
+                margin=self.options.warmup_margin,
+            )
+        except ValueError as exc:
+            log.warning(
+                "scorer.warmup_uncalibrated", extra={"device": self.name, "reason": str(exc)}
+            )
+        else:
+            log.info(
+                "scorer.warmup_calibrated",
+                extra={"device": self.name, "on": self.threshold.on, "off": self.threshold.off},
+            )
+        self._active = False
+        self._warm_rows, self._warm_real, self._warm_smoothed = [], [], []
+
+    def _rescore(
+        self, rows: NDArray[np.float64], idx: NDArray[np.intp], runner: Runner
+    ) -> NDArray[np.float64]:
+        """Scores [len(idx)] of the ticks ``rows[idx]`` with the current scaling."""
+        padded = np.vstack([np.full((self._w - 1, self._c), np.nan), rows])
+        scores = np.full(idx.size, np.nan)
+        for start in range(0, idx.size, _RESCORE_BATCH):
+            chunk = idx[start : start + _RESCORE_BATCH]
+            windows = np.stack([padded[i : i + self._w] for i in chunk])
+            x, mask = model_inputs(windows, self.center, self.scale)
+            mean, logvar = runner(x, mask)
+            for k, i in enumerate(chunk):
+                raw = rows[i]
+                observed, nll, _ = self._nll(
+                    raw,
+                    self.center,
+                    self.scale,
+                    np.asarray(mean[k, -1], np.float64),
+                    np.asarray(logvar[k, -1], np.float64),
+                )
+                if observed.any():
+                    scores[start + k] = float(np.mean(nll[observed]))
+        return scores
+
+
+@dataclass(frozen=True)
+class SeriesResult:
+    """:func:`score_series` output, one row per input tick."""
+
+    channels: tuple[str, ...]
+    ts_ms: NDArray[np.int64]  # [T]
+    values: NDArray[np.float64]  # [T, C] original units, observed or imputed
+    imputed: NDArray[np.bool_]  # [T, C]
+    sigma: NDArray[np.float64]  # [T, C] NaN where observed
+    score: NDArray[np.float64]  # [T] NaN where nothing observed
+    smoothed: NDArray[np.float64]  # [T]
+    threshold: NDArray[np.float64]  # [T] the ``on`` threshold in force
+    anomaly: NDArray[np.bool_]  # [T]
+    contributions: NDArray[np.float64]  # [T, C]
+    warmup: NDArray[np.bool_]  # [T]
+    top_channels: list[tuple[str, ...]]
+    backfilled: NDArray[np.bool_]  # [T] values come from the back-fill revision
+
+
+def score_series(
+    bundle: ModelLike,
+    values: NDArray[np.float64],
+    ts_ms: NDArray[np.int64],
+    *,
+    mode: Literal["causal", "backfill"] = "causal",
+    warmup: int = 0,
+    rescale: bool = False,
+    batch: int = 64,
+    warmup_margin: float | None = None,
+    target_false_alarm_rate: float | None = None,
+) -> SeriesResult:
+    """Score a whole series [T, C] (grid ticks in order) the way a streaming device would.
+
+    Drives one :class:`DeviceScorer` with batched model calls. ``mode="backfill"`` reports
+    for each tick the back-fill revision where one exists (the last ``backfill_delay`` ticks
+    keep their causal imputation); scores and alarms are causal in both modes.
+    """
+    if mode not in ("causal", "backfill"):
+        raise InputError(f"mode must be 'causal' or 'backfill', got {mode!r}")
+    if batch < 1:
+        raise InputError(f"batch must be >= 1, got {batch}")
+    manifest = bundle.manifest
+    vals = np.asarray(values, dtype=np.float64)
+    ts = np.asarray(ts_ms, dtype=np.int64)
+    n_ch = len(manifest.channels)
+    if vals.ndim != 2 or vals.shape[1] != n_ch or vals.shape[0] != ts.shape[0]:
+        raise InputError(f"values must be [T, {n_ch}] with T = len(ts_ms), got {vals.shape}")
+    t_len = ts.shape[0]
+    scorer = DeviceScorer(
+        manifest,
+        warmup_ticks=warmup,
+        rescale=rescale,
+        warmup_margin=warmup_margin,
+        target_false_alarm_rate=target_false_alarm_rate,
+    )
+    res = {
+        "values": np.full((t_len, n_ch), np.nan),
+        "imputed": np.zeros((t_len, n_ch), dtype=bool),
+        "sigma": np.full((t_len, n_ch), np.nan),
+        "score": np.full(t_len, np.nan),
+        "smoothed": np.full(t_len, np.nan),
+        "threshold": np.full(t_len, np.nan),
+        "anomaly": np.zeros(t_len, dtype=bool),
+        "contributions": np.full((t_len, n_ch), np.nan),
+        "warmup": np.zeros(t_len, dtype=bool),
+        "backfilled": np.zeros(t_len, dtype=bool),
+    }
+    top: list[tuple[str, ...]] = [() for _ in range(t_len)]
+    index = {int(t): i for i, t in enumerate(ts)}
+    start = 0
+    while start < t_len:
+        end = min(t_len, start + batch)
+        if rescale and start < warmup < end:
+            end = warmup  # the warm-up's last tick closes its batch
+        xs, masks = zip(
+            *(scorer.prepare(int(ts[i]), vals[i]) for i in range(start, end)), strict=True
+        )
+        mean, logvar = bundle.run(np.stack(xs), np.stack(masks))
+        for k in range(end - start):
+            for out in scorer.finish(mean[k], logvar[k], bundle.run):
+                i = index[out.ts_ms]
+                if out.revision == 0:
+                    res["score"][i] = np.nan if out.score is None else out.score
+                    res["smoothed"][i] = np.nan if out.smoothed is None else out.smoothed
+                    res["threshold"][i] = out.threshold
+                    res["anomaly"][i] = out.anomaly
+                    res["contributions"][i] = out.contributions
+                    res["warmup"][i] = out.warmup
+                    top[i] = out.top_channels
+                if out.revision == 0 or mode == "backfill":
+                    res["values"][i] = out.values
+                    res["imputed"][i] = out.imputed
+                    res["sigma"][i] = out.sigma
+                    res["backfilled"][i] = out.revision == 1
+        start = end
+    return SeriesResult(channels=manifest.channel_names, ts_ms=ts, top_channels=top, **res)

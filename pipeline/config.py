@@ -1,0 +1,346 @@
+"""The sink's validated configuration: a TOML file, then environment overrides.
+
+Every key of every section can be overridden by ``GAPWATCH_SINK__<SECTION>__<KEY>`` (upper
+case, double underscores, as the agent's ``GAPWATCH_AGENT__...``), for example
+``GAPWATCH_SINK__INFLUX__PASSWORD`` or ``GAPWATCH_SINK__KAFKA__BOOTSTRAP``. Errors name the
+field, the bad value and the fix. The commented example is ``deploy/pipeline/sink.toml``.
+
+:class:`InfluxSettings` is shared by ``sink``, ``history``, ``retrain`` and the benchmark.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pipeline.errors import ConfigError
+
+ENV_PREFIX = "GAPWATCH_SINK__"
+KAFKA_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+INFLUX_KINDS = ("v1", "v2")
+
+__all__ = [
+    "ENV_PREFIX",
+    "BatchSettings",
+    "InfluxSettings",
+    "KafkaSettings",
+    "MetricsSettings",
+    "RetrySettings",
+    "SinkConfig",
+    "add_influx_arguments",
+    "check_influx",
+    "influx_settings_from_args",
+    "load_sink_config",
+]
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    bootstrap: str = "127.0.0.1:9092"
+    topic: str = "gapwatch.scored"
+    group_id: str = "gapwatch-sink"
+    deadletter_topic: str = "gapwatch.deadletter"
+    client_id: str = "gapwatch-sink"
+    auto_offset_reset: str = "earliest"
+    max_poll_records: int = 10_000
+    fetch_max_bytes: int = 64 * 1024 * 1024
+    max_partition_fetch_bytes: int = 16 * 1024 * 1024
+    session_timeout_ms: int = 10_000
+    heartbeat_interval_ms: int = 3_000
+    max_poll_interval_ms: int = 300_000
+    check_crcs: bool = False
+    security_protocol: str = "PLAINTEXT"  # PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL
+    sasl_mechanism: str = ""  # PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (SASL_* only)
+    sasl_username: str = ""
+    sasl_password: str = ""  # give it as GAPWATCH_SINK__KAFKA__SASL_PASSWORD, not in the file
+    ssl_cafile: str = ""  # CA of the brokers' certificates (empty: the system trust store)
+
+
+@dataclass(frozen=True)
+class InfluxSettings:
+    kind: str = "v1"  # v1: InfluxDB 1.x HTTP API; v2: InfluxDB 2.x/3.x through influxdb-client
+    url: str = "http://127.0.0.1:8086"
+    database: str = "gapwatch"  # v1 only
+    retention_policy: str = ""  # v1 only; empty = the database's default
+    username: str = ""  # v1 only
+    password: str = ""  # v1 only
+    org: str = ""  # v2 only
+    bucket: str = ""  # v2 only
+    token: str = ""  # v2 only
+    gzip: bool = False
+    timeout_s: float = 30.0
+    create_database: bool = False  # v1 only: CREATE DATABASE at start (needs admin rights)
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    max_points: int = 5_000
+    max_wait_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class RetrySettings:
+    initial_backoff_s: float = 0.5
+    max_backoff_s: float = 30.0
+    give_up_after_s: float = 0.0  # 0 = keep retrying while InfluxDB is down (offsets never move)
+    stop_grace_s: float = 20.0  # after SIGTERM, how long to keep retrying the batch in hand
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    host: str = "0.0.0.0"
+    port: int = 9109  # 0 = no metrics endpoint (the agent uses 9108)
+
+
+@dataclass(frozen=True)
+class SinkConfig:
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    influx: InfluxSettings = field(default_factory=InfluxSettings)
+    batch: BatchSettings = field(default_factory=BatchSettings)
+    retry: RetrySettings = field(default_factory=RetrySettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+
+    def redacted(self) -> dict[str, Any]:
+        """The config as a dict with secrets masked, for the start-up log line."""
+        out = dataclasses.asdict(self)
+        for key in ("password", "token"):
+            if out["influx"][key]:
+                out["influx"][key] = "***"
+        if out["kafka"]["sasl_password"]:
+            out["kafka"]["sasl_password"] = "***"
+        return out
+
+
+def _coerce(raw: Any, kind: Any, where: str) -> Any:
+    if kind is bool:
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.lower() in {"1", "true", "yes", "on", "0", "false", "no"}:
+            return raw.lower() in {"1", "true", "yes", "on"}
+        raise ConfigError(f"{where} = {raw!r} is not a boolean; use true or false")
+    if kind is int:
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str):
+            try:
+                return int(raw)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where} = {raw!r} is not an integer; write a whole number")
+    if kind is float:
+        value = math.nan
+        if isinstance(raw, int | float) and not isinstance(raw, bool):
+            try:
+                value = float(raw)
+            except OverflowError as exc:  # TOML integers have no size limit
+                raise ConfigError(f"{where} = {raw!r:.30}... is out of range") from exc
+        elif isinstance(raw, str):
+            with contextlib.suppress(ValueError):
+                value = float(raw)
+        if math.isnan(value):  # NaN passes every "must be > 0" check: refuse it here
+            raise ConfigError(f"{where} = {raw!r} is not a number; write e.g. 1.5")
+        return value
+    if not isinstance(raw, str):
+        raise ConfigError(f"{where} = {raw!r} is not a string; quote it")
+    return raw
+
+
+def _section(cls: type[Any], name: str, data: Mapping[str, Any], env: Mapping[str, str]) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(
+            f"[{name}] has unknown key(s) {unknown}; known keys: {', '.join(sorted(known))}"
+        )
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        env_key = f"{ENV_PREFIX}{name.upper()}__{f.name.upper()}"
+        if env_key in env:
+            values[f.name] = _coerce(env[env_key], hints[f.name], f"{env_key} ({name}.{f.name})")
+        elif f.name in data:
+            values[f.name] = _coerce(data[f.name], hints[f.name], f"{name}.{f.name}")
+    return cls(**values)
+
+
+def _positive(value: float, where: str, hint: str) -> None:
+    if not value > 0:
+        raise ConfigError(f"{where} = {value!r} must be > 0; {hint}")
+
+
+def _validate(cfg: SinkConfig) -> None:
+    k, i, b, r = cfg.kafka, cfg.influx, cfg.batch, cfg.retry
+    for key in ("bootstrap", "topic", "group_id", "deadletter_topic"):
+        if not getattr(k, key):
+            raise ConfigError(f"kafka.{key} is empty; set it in [kafka] or {ENV_PREFIX}KAFKA__*")
+    if k.security_protocol not in KAFKA_PROTOCOLS:
+        raise ConfigError(
+            f"kafka.security_protocol = {k.security_protocol!r}; use one of {KAFKA_PROTOCOLS}"
+        )
+    if k.security_protocol.startswith("SASL_") and (
+        k.sasl_mechanism not in SASL_MECHANISMS or not k.sasl_username
+    ):
+        raise ConfigError(
+            f"kafka.security_protocol = {k.security_protocol!r} needs kafka.sasl_mechanism "
+            f"(one of {SASL_MECHANISMS}, got {k.sasl_mechanism!r}) and kafka.sasl_username"
+        )
+    if k.auto_offset_reset not in {"earliest", "latest"}:
+        raise ConfigError(
+            f"kafka.auto_offset_reset = {k.auto_offset_reset!r}; use 'earliest' or 'latest'"
+        )
+    if k.heartbeat_interval_ms * 3 > k.session_timeout_ms:
+        raise ConfigError(
+            f"kafka.heartbeat_interval_ms = {k.heartbeat_interval_ms} must be at most a third "
+            f"of session_timeout_ms = {k.session_timeout_ms}"
+        )
+    _positive(k.max_poll_records, "kafka.max_poll_records", "e.g. 10000")
+    check_influx(i, "influx")
+    _positive(b.max_points, "batch.max_points", "5000 to 10000 points per write is a good start")
+    _positive(b.max_wait_s, "batch.max_wait_s", "e.g. 1.0 seconds")
+    _positive(r.initial_backoff_s, "retry.initial_backoff_s", "e.g. 0.5")
+    if r.max_backoff_s < r.initial_backoff_s:
+        raise ConfigError(
+            f"retry.max_backoff_s = {r.max_backoff_s} is below initial_backoff_s = "
+            f"{r.initial_backoff_s}; raise it"
+        )
+    if r.give_up_after_s < 0:
+        raise ConfigError(f"retry.give_up_after_s = {r.give_up_after_s}; use 0 (never) or > 0")
+    if not 0 <= cfg.metrics.port < 65536:
+        raise ConfigError(f"metrics.port = {cfg.metrics.port}; use 0 (off) or a TCP port")
+
+
+def check_influx(i: InfluxSettings, where: str = "influx") -> None:
+    """Raise ConfigError naming the first wrong InfluxDB setting."""
+    if i.kind not in INFLUX_KINDS:
+        raise ConfigError(
+            f"{where}.kind = {i.kind!r}; use 'v1' for InfluxDB 1.x or 'v2' for InfluxDB 2.x/3.x"
+        )
+    try:
+        parts = urlsplit(i.url)
+        _ = parts.port  # raises ValueError for a port out of range
+    except ValueError as exc:
+        raise ConfigError(
+            f"{where}.url = {i.url!r} is not a URL ({exc}); write it as http://host:port"
+        ) from exc
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ConfigError(f"{where}.url = {i.url!r}; write it as http://host:port")
+    if i.kind == "v1" and not i.database:
+        raise ConfigError(f"{where}.database is empty; name the InfluxDB 1.x database")
+    if i.kind == "v2":
+        for key in ("org", "bucket", "token"):
+            if not getattr(i, key):
+                raise ConfigError(
+                    f"{where}.{key} is empty; InfluxDB 2.x/3.x needs org, bucket, token"
+                )
+    _positive(i.timeout_s, f"{where}.timeout_s", "e.g. 30")
+
+
+def load_sink_config(path: str | Path | None, env: Mapping[str, str]) -> SinkConfig:
+    """Read ``path`` (or only defaults when None), apply ``env`` overrides, validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with Path(path).open("rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError as exc:
+            raise ConfigError(
+                f"config file {path} not found; see deploy/pipeline/sink.toml"
+            ) from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"config file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8"
+            ) from exc
+        except OSError as exc:
+            raise ConfigError(
+                f"config file {path} cannot be read ({exc.strerror}); pass a readable file"
+            ) from exc
+    sections = {f.name: f.type for f in dataclasses.fields(SinkConfig)}
+    unknown = sorted(set(data) - set(sections))
+    if unknown:
+        raise ConfigError(f"unknown section(s) {unknown}; known: {', '.join(sections)}")
+    hints = typing.get_type_hints(SinkConfig)
+    known_env = {
+        f"{ENV_PREFIX}{name.upper()}__{f.name.upper()}"
+        for name in sections
+        for f in dataclasses.fields(hints[name])
+    }
+    stray = sorted(k for k in env if k.startswith(ENV_PREFIX) and k not in known_env)
+    if stray:
+        raise ConfigError(
+            f"unknown environment override(s) {stray}; they look like "
+            f"{ENV_PREFIX}<SECTION>__<KEY>, e.g. {ENV_PREFIX}INFLUX__URL"
+        )
+    built = {}
+    for name in sections:
+        raw = data.get(name, {})
+        if not isinstance(raw, dict):
+            raise ConfigError(f"[{name}] must be a table, got {raw!r}")
+        built[name] = _section(hints[name], name, raw, env)
+    cfg = SinkConfig(**built)
+    _validate(cfg)
+    return cfg
+
+
+def add_influx_arguments(parser: Any, *, env_prefix: str = "GAPWATCH_INFLUX_") -> None:
+    """``--influx --db --rp --user --password --token``, each also read from the environment."""
+    env = os.environ
+    g = parser.add_argument_group("InfluxDB (1.x API; 2.x/3.x through its v1-compatible API)")
+    g.add_argument(
+        "--influx",
+        default=env.get(f"{env_prefix}URL", "http://127.0.0.1:8086"),
+        metavar="URL",
+        help=f"base URL [env {env_prefix}URL, default %(default)s]",
+    )
+    g.add_argument(
+        "--db",
+        default=env.get(f"{env_prefix}DB", "gapwatch"),
+        metavar="NAME",
+        help=f"database the sink writes (2.x: the bucket's DBRP name) [env {env_prefix}DB, "
+        "default %(default)s]",
+    )
+    g.add_argument(
+        "--rp",
+        default=env.get(f"{env_prefix}RP", ""),
+        help=f"retention policy [env {env_prefix}RP]",
+    )
+    g.add_argument(
+        "--user", default=env.get(f"{env_prefix}USER", ""), help=f"[env {env_prefix}USER]"
+    )
+    g.add_argument(
+        "--password",
+        default=env.get(f"{env_prefix}PASSWORD", ""),
+        help=f"prefer env {env_prefix}PASSWORD (flags show in ps)",
+    )
+    g.add_argument(
+        "--token",
+        default=env.get(f"{env_prefix}TOKEN", ""),
+        help=f"InfluxDB 2.x/3.x token (uses the v1-compatible /query; 2.x needs a DBRP mapping) "
+        f"[env {env_prefix}TOKEN]",
+    )
+
+
+def influx_settings_from_args(args: Any) -> InfluxSettings:
+    """The settings ``add_influx_arguments`` collected, validated."""
+    settings = InfluxSettings(
+        kind="v1",
+        url=str(args.influx),
+        database=str(args.db),
+        retention_policy=str(args.rp),
+        username=str(args.user),
+        password=str(args.password),
+        token=str(args.token),
+    )
+    check_influx(settings, "--influx/--db")
+    return settings

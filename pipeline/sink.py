@@ -1,0 +1,477 @@
+"""The sink's consume loop: scored ticks from a record source into InfluxDB, at least once.
+
+Ports (the Kafka and InfluxDB adapters live in ``sink_cli`` and ``influx``):
+:class:`RecordSource` (poll, commit), :class:`PointWriter` (``influx.InfluxPort.write``),
+:class:`DeadLetterPort`, :class:`Clock`.
+
+Guarantees:
+
+- **At least once, no duplicates.** Offsets are committed only after InfluxDB accepted every
+  point of the batch and its dead letters were flushed. A point's identity is (measurement,
+  site, device, tick time), so a record written twice (after a crash, a rebalance, a replay)
+  overwrites the same point instead of adding one.
+- **Outages.** While InfluxDB (or the dead-letter topic) is unreachable the batch in hand is
+  retried with exponential backoff capped at ``max_backoff_s``; offsets do not move. With
+  ``give_up_after_s > 0`` the sink raises :class:`SinkGaveUp` after that long (exit, restart,
+  re-read from the last commit).
+- **Poison.** A record that is not JSON, breaks the schema, cannot be expressed as line
+  protocol, or that InfluxDB rejects with 400 goes to the dead-letter topic with the reason.
+  A 400 on a batch is narrowed down by bisection (writes are idempotent), so the good records
+  of the batch are written and only the bad ones are dead-lettered.
+- **Revisions.** Per-device order holds within a partition, so last-write-wins is right. A
+  revision that arrives after a *newer* revision of the same tick (seen by this process) is
+  skipped as ``stale`` rather than written over it.
+- **Throughput.** One batch is written by a writer thread while the next one is decoded.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from edge.errors import SchemaError
+from edge.schema import DeadLetter, ScoredTick
+from pipeline.config import SinkConfig
+from pipeline.errors import PipelineError, StorageError
+from pipeline.influx import PointsRejected, StorageUnavailable
+from pipeline.lineproto import Encoded, LineEncoder, LineProtocolError
+from pipeline.metrics import SinkMetrics
+
+log = logging.getLogger(__name__)
+
+TopicPartition = tuple[str, int]
+
+__all__ = [
+    "Clock",
+    "CommitFailed",
+    "DeadLetterPort",
+    "PartitionRecords",
+    "PointWriter",
+    "RecordLike",
+    "RecordSource",
+    "Sink",
+    "SinkGaveUp",
+    "SinkSettings",
+    "SinkStats",
+    "SourceRecord",
+    "TransportUnavailable",
+]
+
+
+class CommitFailed(PipelineError):
+    """Kafka refused an offset commit (the group rebalanced); the records will be re-read."""
+
+
+class TransportUnavailable(PipelineError):
+    """Kafka (dead-letter producer) is unreachable for now; retrying may succeed."""
+
+
+class SinkGaveUp(StorageError):
+    """InfluxDB or Kafka stayed unreachable longer than ``give_up_after_s``."""
+
+
+class _Abandoned(PipelineError):
+    """Internal: the batch in hand is dropped uncommitted (stop grace or revoke deadline)."""
+
+
+class RecordLike(Protocol):
+    """What the sink reads of a record (kafka-python's ConsumerRecord fits as is)."""
+
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+
+
+@dataclass(frozen=True)
+class SourceRecord:
+    """A record, for fakes and tests."""
+
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass(frozen=True)
+class PartitionRecords:
+    """Records of one partition from one poll, in offset order."""
+
+    topic: str
+    partition: int
+    records: Sequence[RecordLike]
+
+
+class RecordSource(Protocol):
+    def poll(self, timeout_s: float, max_records: int) -> list[PartitionRecords]: ...
+
+    def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Commit next-offset-to-read per partition; raise CommitFailed if refused."""
+
+
+class PointWriter(Protocol):
+    def write(self, body: bytes) -> None: ...
+
+
+class DeadLetterPort(Protocol):
+    def publish(self, letters: list[tuple[DeadLetter, bytes | None]]) -> None:
+        """Send (letter, key) pairs and block until all are acknowledged.
+
+        Raise TransportUnavailable if any was not; the caller retries the whole list.
+        """
+
+
+class Clock(Protocol):
+    def monotonic(self) -> float: ...
+
+    def time(self) -> float:
+        """Unix time in seconds (UTC)."""
+
+    def wait(self, event: threading.Event, seconds: float) -> None:
+        """Sleep ``seconds`` or until ``event`` is set."""
+
+
+@dataclass(frozen=True)
+class SinkSettings:
+    max_points: int = 5_000
+    max_wait_s: float = 1.0
+    max_poll_records: int = 10_000
+    poll_timeout_s: float = 0.5
+    initial_backoff_s: float = 0.5
+    max_backoff_s: float = 30.0
+    give_up_after_s: float = 0.0
+    stop_grace_s: float = 20.0
+    revoke_timeout_s: float = 10.0
+    revision_cache: int = 200_000
+
+    @classmethod
+    def from_config(cls, cfg: SinkConfig) -> SinkSettings:
+        return cls(
+            max_points=cfg.batch.max_points,
+            max_wait_s=cfg.batch.max_wait_s,
+            max_poll_records=cfg.kafka.max_poll_records,
+            initial_backoff_s=cfg.retry.initial_backoff_s,
+            max_backoff_s=cfg.retry.max_backoff_s,
+            give_up_after_s=cfg.retry.give_up_after_s,
+            stop_grace_s=cfg.retry.stop_grace_s,
+        )
+
+
+@dataclass
+class SinkStats:
+    records: int = 0
+    written: int = 0  # records whose points InfluxDB accepted
+    points: int = 0
+    deadletters: int = 0
+    stale: int = 0
+    batches: int = 0
+    commit_failures: int = 0
+
+
+@dataclass
+class _Batch:
+    units: list[tuple[TopicPartition, RecordLike, bytes]] = field(default_factory=list)
+    letters: list[tuple[DeadLetter, bytes | None]] = field(default_factory=list)
+    offsets: dict[TopicPartition, int] = field(default_factory=dict)
+    records: int = 0
+    points: int = 0
+    stale: int = 0
+    started: float = 0.0
+    points_written: int = 0
+
+
+def _schema_reason(exc: SchemaError) -> str:
+    return "not_json" if "not JSON" in str(exc) else "bad_schema"
+
+
+class Sink:
+    """The consume loop. ``run()`` blocks until ``request_stop()`` (safe from a signal handler)."""
+
+    def __init__(
+        self,
+        source: RecordSource,
+        writer: PointWriter,
+        deadletters: DeadLetterPort,
+        clock: Clock,
+        *,
+        settings: SinkSettings | None = None,
+        metrics: SinkMetrics | None = None,
+        encoder: LineEncoder | None = None,
+    ) -> None:
+        self._source = source
+        self._writer = writer
+        self._letters = deadletters
+        self._clock = clock
+        self._s = settings or SinkSettings()
+        self._metrics = metrics
+        self._encoder = encoder or LineEncoder()
+        self._batch = _Batch()
+        self._inflight: tuple[Future[None], _Batch] | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sink-writer")
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._stop_deadline: float | None = None  # retries end here once a stop is requested
+        self._revoke_deadline: float | None = None  # ... and here while handing back partitions
+        self._revisions: dict[tuple[str, str, int], int] = {}
+        self.stats = SinkStats()
+
+    # ---------------------------------------------------------------- control
+
+    def request_stop(self) -> None:
+        """Finish the batch in hand (retrying for at most ``stop_grace_s``), commit, return."""
+        if self._stop_deadline is None:
+            self._stop_deadline = self._clock.monotonic() + self._s.stop_grace_s
+        self._stop.set()
+        self._wake.set()
+
+    def run(self) -> SinkStats:
+        """Consume until stopped; then finish the batch in hand and commit it."""
+        log.info("sink.started", extra={"settings": self._s})
+        try:
+            while not self._stop.is_set():
+                self.poll_once()
+            try:
+                self._hand_off()
+                self._complete_inflight()
+            except _Abandoned:
+                log.warning(
+                    "sink.stop_uncommitted",
+                    extra={"records": self._pending(), "stop_grace_s": self._s.stop_grace_s},
+                )
+        finally:
+            self._executor.shutdown(wait=True)
+        log.info("sink.stopped", extra={"stats": self.stats})
+        return self.stats
+
+    def partitions_revoked(self) -> None:
+        """Call before partitions are handed to another member: write and commit what we hold.
+
+        If that cannot finish within ``revoke_timeout_s`` the batch is dropped uncommitted;
+        the new owner re-reads it.
+        """
+        if self._inflight is None and self._batch.records == 0:
+            return
+        self._revoke_deadline = self._clock.monotonic() + self._s.revoke_timeout_s
+        self._wake.set()
+        try:
+            self._hand_off()
+            self._complete_inflight()
+        except _Abandoned:
+            log.warning("sink.revoke_dropped", extra={"records": self._pending()})
+            self._batch = _Batch()
+            self._inflight = None
+        finally:
+            self._revoke_deadline = None
+        self._set_pending()
+
+    # ---------------------------------------------------------------- consume side
+
+    def poll_once(self) -> None:
+        """One poll: decode records into the batch, hand full or old batches to the writer."""
+        timeout = self._s.poll_timeout_s
+        if self._batch.records:
+            age = self._clock.monotonic() - self._batch.started
+            timeout = max(0.0, min(timeout, self._s.max_wait_s - age))
+        for group in self._source.poll(timeout, self._s.max_poll_records):
+            tp = (group.topic, group.partition)
+            for record in group.records:
+                self._add(tp, record)
+                if self._batch.points >= self._s.max_points:
+                    self._hand_off()
+        if self._inflight is not None and self._inflight[0].done():
+            self._complete_inflight()
+        if self._batch.records and (
+            self._clock.monotonic() - self._batch.started >= self._s.max_wait_s
+        ):
+            self._hand_off()
+        self._set_pending()
+
+    def _add(self, tp: TopicPartition, record: RecordLike) -> None:
+        batch = self._batch
+        if batch.records == 0:
+            batch.started = self._clock.monotonic()
+        batch.records += 1
+        batch.offsets[tp] = record.offset + 1
+        raw = record.value
+        if raw is None:
+            self._dead(batch, tp, record, "empty", "record has no value (tombstone)")
+            return
+        try:
+            encoded = self._encoder.encode_json(raw)
+            if encoded is None:
+                tick = ScoredTick.decode(raw)
+                encoded = Encoded(
+                    self._encoder.encode(tick), tick.site, tick.device, tick.ts_ms, tick.revision
+                )
+        except SchemaError as exc:
+            self._dead(batch, tp, record, _schema_reason(exc), str(exc))
+            return
+        except LineProtocolError as exc:
+            self._dead(batch, tp, record, "unencodable", str(exc))
+            return
+        key = (encoded.site, encoded.device, encoded.ts_ms)
+        seen = self._revisions.get(key)
+        if seen is not None and encoded.revision < seen:
+            batch.stale += 1
+            return
+        if encoded.revision > 0:
+            if len(self._revisions) >= self._s.revision_cache:
+                self._revisions.clear()
+            self._revisions[key] = encoded.revision
+        batch.units.append((tp, record, encoded.lines))
+        batch.points += encoded.points
+
+    def _dead(
+        self, batch: _Batch, tp: TopicPartition, record: RecordLike, reason: str, detail: str
+    ) -> None:
+        letter = DeadLetter(
+            reason=reason,
+            detail=detail,
+            source=f"kafka:{tp[0]}/{tp[1]}@{record.offset}",
+            raw=record.value or b"",
+            received_ms=int(self._clock.time() * 1000),
+            component="sink",
+        )
+        batch.letters.append((letter, record.key))
+
+    def _pending(self) -> int:
+        inflight = self._inflight[1].records if self._inflight else 0
+        return inflight + self._batch.records
+
+    def _set_pending(self) -> None:
+        if self._metrics is not None:
+            self._metrics.pending_records.set(self._pending())
+
+    # ---------------------------------------------------------------- hand-off and commit
+
+    def _hand_off(self) -> None:
+        """Wait for the batch in flight and commit it; start writing the current batch."""
+        self._complete_inflight()
+        if self._batch.records == 0:
+            return
+        batch, self._batch = self._batch, _Batch()
+        self._inflight = (self._executor.submit(self._write_batch, batch), batch)
+
+    def _complete_inflight(self) -> None:
+        if self._inflight is None:
+            return
+        future, batch = self._inflight
+        future.result()  # re-raises SinkGaveUp, _Abandoned, fatal StorageError
+        self._inflight = None
+        self._commit(batch)
+
+    def _commit(self, batch: _Batch) -> None:
+        st, m = self.stats, self._metrics
+        letters_by_reason: dict[str, int] = {}
+        for letter, _ in batch.letters:
+            letters_by_reason[letter.reason] = letters_by_reason.get(letter.reason, 0) + 1
+        written = len(batch.units) - letters_by_reason.get("rejected", 0)
+        try:
+            self._source.commit(batch.offsets)
+        except CommitFailed as exc:
+            st.commit_failures += 1
+            if m is not None:
+                m.commit_failures.inc()
+            log.warning("sink.commit_failed", extra={"error": str(exc), "records": batch.records})
+        else:
+            st.batches += 1
+            if m is not None:
+                m.batches.inc()
+                m.last_commit.set(self._clock.time())
+        st.records += batch.records
+        st.written += written
+        st.points += batch.points_written
+        st.deadletters += len(batch.letters)
+        st.stale += batch.stale
+        if m is not None:
+            m.records.labels("written").inc(written)
+            m.records.labels("deadletter").inc(len(batch.letters))
+            m.records.labels("stale").inc(batch.stale)
+            m.points_written.inc(batch.points_written)
+            for reason, n in letters_by_reason.items():
+                m.deadletters.labels(reason).inc(n)
+        log.debug(
+            "sink.batch_committed",
+            extra={
+                "records": batch.records,
+                "points": batch.points_written,
+                "offsets": batch.offsets,
+            },
+        )
+
+    # ---------------------------------------------------------------- writer thread
+
+    def _write_batch(self, batch: _Batch) -> None:
+        if batch.units:
+            self._write_units(batch, batch.units)
+        if batch.letters:
+            for letter, _ in batch.letters:
+                log.warning(
+                    "sink.deadletter",
+                    extra={
+                        "reason": letter.reason,
+                        "source": letter.source,
+                        "detail": letter.detail,
+                    },
+                )
+            self._retry(lambda: self._letters.publish(batch.letters), "deadletter")
+
+    def _write_units(
+        self, batch: _Batch, units: list[tuple[TopicPartition, RecordLike, bytes]]
+    ) -> None:
+        body = b"".join(unit[2] for unit in units)
+        started = self._clock.monotonic()
+        try:
+            self._retry(lambda: self._writer.write(body), "influxdb")
+        except PointsRejected as exc:
+            if self._metrics is not None:
+                self._metrics.write_failures.labels("rejected").inc()
+            if len(units) == 1:
+                self._dead(batch, units[0][0], units[0][1], "rejected", str(exc))
+                return
+            mid = len(units) // 2
+            self._write_units(batch, units[:mid])
+            self._write_units(batch, units[mid:])
+            return
+        batch.points_written += body.count(b"\n")
+        if self._metrics is not None:
+            self._metrics.write_seconds.observe(self._clock.monotonic() - started)
+
+    def _retry(self, action: Callable[[], None], target: str) -> None:
+        delay = self._s.initial_backoff_s
+        first_failure: float | None = None
+        while True:
+            try:
+                action()
+                return
+            except (StorageUnavailable, TransportUnavailable) as exc:
+                now = self._clock.monotonic()
+                first_failure = now if first_failure is None else first_failure
+                if self._metrics is not None and target == "influxdb":
+                    self._metrics.write_failures.labels("unavailable").inc()
+                give_up = self._s.give_up_after_s
+                if give_up > 0 and now - first_failure >= give_up:
+                    raise SinkGaveUp(
+                        f"{target} unreachable for {now - first_failure:.0f}s "
+                        f"(retry.give_up_after_s = {give_up}): {exc}"
+                    ) from exc
+                deadlines = [
+                    d for d in (self._stop_deadline, self._revoke_deadline) if d is not None
+                ]
+                deadline = min(deadlines) if deadlines else None
+                if deadline is not None and now >= deadline:
+                    raise _Abandoned(f"{target} still unreachable at the deadline") from exc
+                log.warning(
+                    "sink.write_retry",
+                    extra={"target": target, "error": str(exc), "backoff_s": delay},
+                )
+                if deadline is not None:
+                    delay = min(delay, max(0.0, deadline - now))
+                self._clock.wait(self._wake, delay)
+                self._wake.clear()  # a stop or revoke wakes one sleep, to look at its deadline
+                delay = min(delay * 2, self._s.max_backoff_s)

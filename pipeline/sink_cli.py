@@ -1,0 +1,255 @@
+"""``gapwatch sink``: consume scored ticks from Kafka into InfluxDB (and the Kafka adapters)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from edge.schema import DeadLetter
+from pipeline.config import KafkaSettings, SinkConfig, load_sink_config
+from pipeline.errors import ConfigError, PipelineError, StorageError
+from pipeline.influx import Influx1Client, connect
+from pipeline.logs import LOG_FORMATS, configure_logging
+from pipeline.metrics import SinkMetrics
+from pipeline.sink import (
+    CommitFailed,
+    PartitionRecords,
+    Sink,
+    SinkSettings,
+    TopicPartition,
+    TransportUnavailable,
+)
+
+log = logging.getLogger(__name__)
+
+EPILOG = """\
+The sink is one member of a Kafka consumer group: start several (same kafka.group_id) and they
+share the partitions of kafka.topic. Offsets are committed only after InfluxDB accepted a batch,
+so stopping, crashing or losing InfluxDB never loses a record; records that can never be
+written go to kafka.deadletter_topic with the reason.
+
+Configuration: a TOML file (commented example: deploy/pipeline/sink.toml); every key can be
+overridden by GAPWATCH_SINK__<SECTION>__<KEY>, e.g. GAPWATCH_SINK__INFLUX__PASSWORD.
+
+examples:
+  gapwatch sink --config /etc/gapwatch/sink.toml
+  gapwatch sink --check --config sink.toml      # validate the config and exit
+  GAPWATCH_SINK__KAFKA__BOOTSTRAP=kafka:9092 gapwatch sink --config sink.toml
+
+exit status: 0 stopped cleanly (SIGTERM/SIGINT), 1 storage gave up or failed, 2 bad config.
+"""
+
+
+class SystemClock:
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def time(self) -> float:
+        return time.time()
+
+    def wait(self, event: threading.Event, seconds: float) -> None:
+        event.wait(seconds)
+
+
+def kafka_security(k: KafkaSettings) -> dict[str, Any]:
+    """kafka-python options for TLS and SASL (none for PLAINTEXT)."""
+    opts: dict[str, Any] = {"security_protocol": k.security_protocol}
+    if k.security_protocol.startswith("SASL_"):
+        opts.update(
+            sasl_mechanism=k.sasl_mechanism,
+            sasl_plain_username=k.sasl_username,
+            sasl_plain_password=k.sasl_password,
+        )
+    if k.ssl_cafile:
+        opts["ssl_cafile"] = k.ssl_cafile
+    return opts
+
+
+class KafkaRecordSource:
+    """kafka-python consumer in a group, manual commits, rebalance hook to the sink."""
+
+    def __init__(self, cfg: SinkConfig, on_revoke: Callable[[], None]) -> None:
+        from kafka import KafkaConsumer
+        from kafka.consumer.subscription_state import ConsumerRebalanceListener
+
+        k = cfg.kafka
+
+        class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+            def on_partitions_revoked(self, revoked: Any) -> None:
+                parts = sorted(f"{tp.topic}/{tp.partition}" for tp in revoked)
+                log.info("sink.partitions_revoked", extra={"partitions": parts})
+                on_revoke()
+
+            def on_partitions_assigned(self, assigned: Any) -> None:
+                parts = sorted(f"{tp.topic}/{tp.partition}" for tp in assigned)
+                log.info("sink.partitions_assigned", extra={"partitions": parts})
+
+        self._consumer = KafkaConsumer(
+            **kafka_security(k),
+            bootstrap_servers=k.bootstrap.split(","),
+            group_id=k.group_id,
+            client_id=k.client_id,
+            enable_auto_commit=False,
+            auto_offset_reset=k.auto_offset_reset,
+            max_poll_records=k.max_poll_records,
+            fetch_max_bytes=k.fetch_max_bytes,
+            max_partition_fetch_bytes=k.max_partition_fetch_bytes,
+            session_timeout_ms=k.session_timeout_ms,
+            heartbeat_interval_ms=k.heartbeat_interval_ms,
+            max_poll_interval_ms=k.max_poll_interval_ms,
+            check_crcs=k.check_crcs,
+        )
+        self._consumer.subscribe([k.topic], listener=_Listener())
+
+    def poll(self, timeout_s: float, max_records: int) -> list[PartitionRecords]:
+        polled = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        return [PartitionRecords(tp.topic, tp.partition, records) for tp, records in polled.items()]
+
+    def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        from kafka.errors import KafkaError
+        from kafka.structs import OffsetAndMetadata
+        from kafka.structs import TopicPartition as KafkaTP
+
+        payload = {KafkaTP(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}
+        try:
+            self._consumer.commit(payload)
+        except KafkaError as exc:
+            raise CommitFailed(f"offset commit refused: {exc}") from exc
+
+    def close(self) -> None:
+        self._consumer.close(autocommit=False)
+
+
+class KafkaDeadLetters:
+    """Dead letters to a Kafka topic, keyed like the record they came from."""
+
+    def __init__(self, cfg: SinkConfig) -> None:
+        from kafka import KafkaProducer
+
+        self._topic = cfg.kafka.deadletter_topic
+        self._producer = KafkaProducer(
+            **kafka_security(cfg.kafka),
+            bootstrap_servers=cfg.kafka.bootstrap.split(","),
+            client_id=f"{cfg.kafka.client_id}-deadletter",
+            acks="all",
+            linger_ms=5,
+        )
+
+    def publish(self, letters: list[tuple[DeadLetter, bytes | None]]) -> None:
+        from kafka.errors import KafkaError
+
+        try:
+            futures = [
+                self._producer.send(self._topic, key=key, value=letter.encode())
+                for letter, key in letters
+            ]
+            self._producer.flush(timeout=30)
+            for future in futures:
+                future.get(timeout=0)
+        except KafkaError as exc:
+            raise TransportUnavailable(f"dead-letter topic {self._topic!r}: {exc}") from exc
+
+    def close(self) -> None:
+        self._producer.close(timeout=10)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gapwatch sink",
+        description="Consume scored ticks (gapwatch.scored) from Kafka into InfluxDB.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    env = os.environ
+    p.add_argument(
+        "--config",
+        default=env.get("GAPWATCH_SINK_CONFIG"),
+        help="TOML config file [env GAPWATCH_SINK_CONFIG]; without it: defaults + env overrides",
+    )
+    p.add_argument("--check", action="store_true", help="validate the config, print it, exit")
+    p.add_argument(
+        "--log-level",
+        default=env.get("GAPWATCH_LOG_LEVEL", "INFO"),
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="[env GAPWATCH_LOG_LEVEL, default INFO]",
+    )
+    p.add_argument(
+        "--log-format",
+        default=env.get("GAPWATCH_LOG_FORMAT", "json"),
+        choices=LOG_FORMATS,
+        help="json (one object per line) or text [env GAPWATCH_LOG_FORMAT, default json]",
+    )
+    return p
+
+
+def run_sink(cfg: SinkConfig, install_signals: bool = True) -> int:
+    """Build the adapters from ``cfg``, run until SIGTERM/SIGINT, return an exit status."""
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    registry = CollectorRegistry()
+    metrics = SinkMetrics.create(registry)
+    if cfg.metrics.port:
+        start_http_server(cfg.metrics.port, addr=cfg.metrics.host, registry=registry)
+        log.info("sink.metrics_listening", extra={"port": cfg.metrics.port})
+    influx = connect(cfg.influx)
+    if cfg.influx.create_database and isinstance(influx, Influx1Client):
+        influx.create_database()
+    holder: list[Sink] = []
+
+    def revoke() -> None:
+        holder[0].partitions_revoked()
+
+    source = KafkaRecordSource(cfg, on_revoke=revoke)
+    letters = KafkaDeadLetters(cfg)
+    sink = Sink(
+        source,
+        influx,
+        letters,
+        SystemClock(),
+        settings=SinkSettings.from_config(cfg),
+        metrics=metrics,
+    )
+    holder.append(sink)
+    if install_signals:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: sink.request_stop())
+    try:
+        sink.run()
+    except StorageError as exc:
+        log.error("sink.failed", extra={"error": str(exc)})
+        return 1
+    finally:
+        source.close()
+        letters.close()
+        influx.close()
+    return 0
+
+
+def main(argv: Sequence[str]) -> int:
+    args = _parser().parse_args(list(argv))
+    configure_logging(args.log_level, args.log_format)
+    try:
+        cfg = load_sink_config(args.config, os.environ)
+    except ConfigError as exc:
+        print(f"gapwatch sink: {exc}", file=sys.stderr)
+        return 2
+    if args.check:
+        import json
+
+        print(json.dumps(cfg.redacted(), indent=2))
+        return 0
+    log.info("sink.config", extra={"config": cfg.redacted()})
+    from kafka.errors import KafkaError
+
+    try:
+        return run_sink(cfg)
+    except (PipelineError, KafkaError, OSError) as exc:
+        log.error("sink.failed", extra={"error": f"{type(exc).__name__}: {exc}"})
+        return 1

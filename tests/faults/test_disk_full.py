@@ -1,0 +1,102 @@
+"""The spool's disk fills up during a Kafka outage: reported, intake paused, no crash loop.
+
+The spool lives on a 6 MiB tmpfs mounted by the test (needs root; skipped otherwise), far
+below ``spool.max_bytes``, so the disk fills before the spool's own cap; ``spool.min_free_bytes``
+(4.5 MiB here: more than SQLite's write-ahead log grows to between checkpoints, ~4 MiB) is the
+headroom kept for the forwarder's bookkeeping. The agent must say so (log
+event ``spool.disk_full``, ``/healthz`` and the intake-paused metric), stay up, and, once Kafka
+is back and the spool drains, take the held messages again: every tick arrives exactly once.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+ROWS = 1100  # per device, three devices: ~3.5 MB of journal and records
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    mount = tmp_path / "tiny-disk"
+    mount.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {result.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False, capture_output=True)
+
+
+def test_disk_full_under_the_spool_pauses_intake_and_recovers(
+    faults_harness: Any,
+    faults_mosquitto: Any,
+    faults_kafka_factory: Any,
+    faults_agent: Any,
+    faults_skab_files: list[Path],
+    tiny_disk: Path,
+) -> None:
+    h = faults_harness
+    kafka = faults_kafka_factory(start=False)
+    bootstrap = f"127.0.0.1:{kafka.port}"
+    agent = faults_agent(
+        faults_mosquitto.port,
+        bootstrap,
+        spool__path=f'"{tiny_disk / "spool.sqlite"}"',
+        spool__min_free_bytes=str(9 * 512 * 1024),
+        kafka__max_block_ms="500",
+    )
+    agent.start()
+    agent.wait_subscribed()
+    replay = h.Replay(faults_skab_files, faults_mosquitto.port, agent.prefix, ROWS, 0)
+    assert replay.wait(120) == [0, 0, 0]
+
+    def reported() -> bool:
+        assert agent.alive(), f"the agent died on a full disk:\n{agent.log_text()}"
+        return any(e.get("event") == "spool.disk_full" for e in agent.events())
+
+    h.wait_until("the full disk to be reported", reported, 60)
+    h.wait_until("intake to pause", lambda: agent.metric("gapwatch_agent_intake_paused") == 1, 30)
+    health = agent.health() or {}
+    assert "disk" in str(health).lower(), f"/healthz does not mention the full disk: {health}"
+    assert agent.alive()
+
+    kafka.start()
+    want = {f"{dev}@{ts}" for dev, times in replay.expected().items() for ts in times}
+    stable, seen = [0], {}
+    names = ("messages_total", "spool_records", "intake_paused", "kafka_acked_total")
+
+    def drained() -> bool:
+        seen.update({n: agent.metric(f"gapwatch_agent_{n}") for n in names})
+        done = (
+            seen["messages_total"] >= replay.messages
+            and seen["spool_records"] == 0
+            and seen["intake_paused"] == 0
+        )
+        stable[0] = stable[0] + 1 if done else 0
+        return stable[0] >= 15  # 3 s: the last ticks closed and went out
+
+    try:
+        h.wait_until("every held message taken and the spool drained", drained, 180)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; agent counters: {seen}") from None
+    scored = h.read_topic(bootstrap, f"{agent.prefix}.scored", lambda v: False, 10)
+    letters = h.read_topic(bootstrap, f"{agent.prefix}.deadletter", lambda v: False, 5)
+    assert agent.stop() == 0, agent.log_text()
+    counts, _ = h.tick_index(scored)
+    assert [k for k, n in counts.items() if n > 1] == [], "a (device, tick, revision) twice"
+    lost, stats = h.unaccounted(scored, letters, want)
+    print(f"\ndisk full: {stats}")
+    assert lost == [], f"{len(lost)} messages vanished after the disk filled, e.g. {lost[:5]}"

@@ -92,3 +92,16 @@ def test_offline_demo_runs_with_only_the_edge_and_report_extras(tmp_path: Path) 
     for name in ("scored.csv", "report.html", "summary.json"):
         assert (state / "offline" / name).stat().st_size > 0
     assert "data:image/png;base64," in (state / "offline" / "report.html").read_text()
+
+    # The console script itself, and the agent's help, work without torch in this venv.
+    helped = run([str(venv / "bin" / "gapwatch"), "--help"], tmp_path)
+    assert helped.returncode == 0, helped.stderr
+    assert "agent" in helped.stdout and "score" in helped.stdout
+    agent_help = run([str(venv / "bin" / "gapwatch"), "agent", "--help"], tmp_path)
+    assert agent_help.returncode == 0, agent_help.stderr
+    assert "--config" in agent_help.stdout
+    no_torch = run(
+        [str(py), "-c", "import gapwatch.cli, edge.agent_cli, sys; print('torch' in sys.modules)"],
+        tmp_path,
+    )
+    assert no_torch.stdout.strip() == "False", no_torch.stderr

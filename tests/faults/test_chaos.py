@@ -108,11 +108,21 @@ def test_kill9_each_component_during_a_multi_device_replay(
         restart()
         ready_s = time.monotonic() - restarted_at
         before = 0.0 if target == "agent" else progress()  # a new agent's counters start at 0
-        recovered = h.wait_until(
-            f"progress after restarting {target}",
-            lambda p=progress, b=before: p() > b,
-            timeout_s=120,
-        )
+        signal = {"kind": "progress"}
+
+        def back(p: Any = progress, b: float = before, sig: dict[str, str] = signal) -> bool:
+            # Progress means the count rises again. A kill that lands after the replay has
+            # published everything can see no new input: then being reachable is recovery, and
+            # the checks below (every tick in Kafka and InfluxDB) still prove nothing was lost.
+            value = p()
+            if value > b:
+                return True
+            if not replay.running() and value >= 0:
+                sig["kind"] = "reachable (replay over)"
+                return True
+            return False
+
+        recovered = h.wait_until(f"progress after restarting {target}", back, timeout_s=120)
         recoveries.append(
             {
                 "component": target,
@@ -121,6 +131,7 @@ def test_kill9_each_component_during_a_multi_device_replay(
                 "ready_after_restart_s": round(ready_s, 2),
                 "recovered_after_restart_s": round(ready_s + recovered, 2),
                 "recovered_after_kill_s": round(time.monotonic() - killed_at, 2),
+                "signal": signal["kind"],
             }
         )
     codes = replay.wait(240)

@@ -228,6 +228,25 @@ def find_time_range(
     return bounds[0], bounds[1] + 1
 
 
+def resolve_time_range(
+    influx: InfluxPort,
+    start: str | None,
+    end: str | None,
+    site: str | None = None,
+    device: str | None = None,
+) -> tuple[int, int] | None:
+    """``(start_ms, end_ms)`` from the given bounds, a missing one taken from the stored data.
+
+    None when a bound is missing and nothing is stored (for that site/device).
+    """
+    found = None if (start and end) else find_time_range(influx, site, device)
+    if found is None and not (start and end):
+        return None
+    lo = parse_time(start) if start else found[0]  # type: ignore[index]
+    hi = parse_time(end) if end else found[1]  # type: ignore[index]
+    return lo, hi
+
+
 def read_history(
     influx: InfluxPort,
     q: HistoryQuery,

@@ -14,10 +14,9 @@ from pipeline.history import (
     HistoryQuery,
     export_history,
     find_channels,
-    find_time_range,
     format_rfc3339,
     parse_duration,
-    parse_time,
+    resolve_time_range,
 )
 from pipeline.influx import connect_reader
 from pipeline.logs import configure_logging
@@ -96,13 +95,10 @@ def run_export(args: argparse.Namespace) -> int:
     settings = influx_settings_from_args(args)
     client = connect_reader(settings)
     try:
-        found = None
-        if not (args.start and args.end):
-            found = find_time_range(client, args.site, args.device)
-            if found is None:
-                raise PipelineError(f"database {settings.database!r} holds no readings to export")
-        start = parse_time(args.start) if args.start else found[0]  # type: ignore[index]
-        end = parse_time(args.end) if args.end else found[1]  # type: ignore[index]
+        span = resolve_time_range(client, args.start, args.end, args.site, args.device)
+        if span is None:
+            raise PipelineError(f"database {settings.database!r} holds no readings to export")
+        start, end = span
         query = HistoryQuery(
             start_ms=start,
             end_ms=end,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pipeline.config import add_influx_arguments, influx_settings_from_args
 from pipeline.errors import PipelineError
-from pipeline.history import find_time_range, format_rfc3339, parse_duration, parse_time
+from pipeline.history import format_rfc3339, parse_duration, parse_time, resolve_time_range
 from pipeline.influx import connect_reader
 from pipeline.logs import configure_logging
 from pipeline.registry import Registry, announcer_from_url
@@ -135,13 +135,10 @@ def run(args: argparse.Namespace) -> int:
     settings = influx_settings_from_args(args)
     client = connect_reader(settings)
     try:
-        found = None
-        if not (args.start and args.end):
-            found = find_time_range(client, args.site, args.device)
-            if found is None:
-                raise PipelineError(f"database {settings.database!r} holds no readings")
-        start = parse_time(args.start) if args.start else found[0]  # type: ignore[index]
-        end = parse_time(args.end) if args.end else found[1]  # type: ignore[index]
+        span = resolve_time_range(client, args.start, args.end, args.site, args.device)
+        if span is None:
+            raise PipelineError(f"database {settings.database!r} holds no readings")
+        start, end = span
         holdout_from = (
             parse_time(args.holdout_from) if args.holdout_from else end - (end - start) // 5
         )

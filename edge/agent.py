@@ -4,7 +4,8 @@ One thread runs :meth:`Agent.step` in a loop; the forwarder (:mod:`edge.forward`
 records to Kafka in its own thread. Each step:
 
 1. takes up to a few thousand messages from the source (none while the spool is full under the
-   ``pause`` policy), journals them to the spool and only then acknowledges them to the broker;
+   ``pause`` policy; a trickle of a few is given 2 ms to grow, so that each transaction carries
+   several), journals them to the spool and only then acknowledges them to the broker;
 2. decodes each (bad input becomes a dead letter with its reason), maps its device to a model by
    the config's ``devices`` rules, and feeds the device's aligner;
 3. lets the wall clock close ticks of quiet devices (every 100 ms);
@@ -36,7 +37,7 @@ from edge.forward import Forwarder
 from edge.metrics import AgentMetrics
 from edge.microbatch import MicroBatch, Prepared
 from edge.ports import Clock, InMessage, MessageSource
-from edge.records import scored_tick
+from edge.records import encode_scored
 from edge.reload import BundleWatcher, ReloadEvent, topic_matches
 from edge.schema import DeadLetter
 from edge.scorer import TickOutput
@@ -46,6 +47,8 @@ __all__ = ["Agent"]
 
 log = logging.getLogger(__name__)
 _POLL_MAX = 2000
+_GATHER_BELOW = 32  # fewer messages than this in a poll: gather for _GATHER_S more
+_GATHER_S = 0.002
 _ADVANCE_EVERY_MS = 100
 _STATS_EVERY_S = 1.0
 _BAD_LOG_EVERY_S = 10.0
@@ -101,6 +104,10 @@ class Agent:
         self._bad_logged: dict[str, tuple[float, int]] = {}
         self.heartbeat = now
         self._in_use: dict[str, Bundle] = {}
+        self._emitted = [0, 0, 0, 0]
+        if metrics:
+            self._ticks_out0 = metrics.ticks_out.labels("0")
+            self._ticks_out1 = metrics.ticks_out.labels("1")
         for name, bundle in watcher.current.items():
             self._model_info(name, bundle)
 
@@ -142,6 +149,11 @@ class Agent:
         wait = self._batch.wait_s(mono)
         timeout = timeout_s if wait is None else min(timeout_s, wait)
         msgs = [] if paused else self._source.poll(_POLL_MAX, timeout)
+        if 0 < len(msgs) < _GATHER_BELOW:
+            # A trickle: wait a moment for more, so each journal and commit transaction (the
+            # fixed cost of a step) carries several messages instead of one.
+            time.sleep(_GATHER_S)
+            msgs += self._source.poll(_POLL_MAX - len(msgs), 0)
         if paused:
             time.sleep(timeout)
         if self._pending and mono >= self._disk_retry_at:
@@ -290,10 +302,11 @@ class Agent:
             rule = dev.rule
             if rule.rescale and dev.finished < rule.warmup_ticks <= dev.prepared:
                 self._run_batch()  # the scorer re-scales at the end of warm-up: finish first
-            x, mask = dev.scorer.prepare(tick.ts_ms, tick.values)
+            window, center, scale = dev.scorer.prepare_raw(tick.ts_ms, tick.values)
             dev.prepared += 1
             self._batch.add(
-                Prepared(dev, dev.scorer, dev.bundle, tick, x, mask), self._clock.monotonic()
+                Prepared(dev, dev.scorer, dev.bundle, tick, window, center, scale),
+                self._clock.monotonic(),
             )
             if len(self._batch) >= self._batch.max_ticks:
                 self._run_batch()
@@ -302,32 +315,45 @@ class Agent:
         if not len(self._batch):
             return
         t0 = time.perf_counter()
+        self._emitted = [0, 0, 0, 0]  # revision 0, revision 1, imputed entries, anomalies
         n = self._batch.run(self._emit)
         if self._metrics:
-            self._metrics.inference_seconds.observe(time.perf_counter() - t0)
-            self._metrics.batch_ticks.observe(n)
+            m = self._metrics
+            m.inference_seconds.observe(time.perf_counter() - t0)
+            m.batch_ticks.observe(n)
+            rev0, rev1, imputed, anomalies = self._emitted
+            if rev0:
+                self._ticks_out0.inc(rev0)
+            if rev1:
+                self._ticks_out1.inc(rev1)
+            if imputed:
+                m.imputed.inc(imputed)
+            if anomalies:
+                m.anomalies.inc(anomalies)
 
-    def _emit(self, item: Prepared, out: TickOutput) -> None:
+    def _emit(self, item: Prepared, outs: list[TickOutput]) -> None:
         dev: Device = item.owner
-        if out.revision == 0:
-            dev.finished += 1
-            prev = self._device_ticks.get(dev.key)
-            self._device_ticks[dev.key] = (
-                item.tick.tick if prev is None else max(prev, item.tick.tick)
-            )
-        record = scored_tick(dev.site, dev.name, item.bundle.manifest, out, item.tick.received_ms)
+        tick = item.tick
+        manifest = item.bundle.manifest
         now = self._clock.now_ms()
-        self._out.append(
-            OutRecord(self.config.kafka.scored_topic, dev.key.encode(), record.encode(), now)
-        )
-        if self._metrics:
-            self._metrics.ticks_out.labels(str(out.revision)).inc()
+        topic = self.config.kafka.scored_topic
+        key = dev.key.encode()
+        counts = self._emitted
+        for out in outs:
             if out.revision == 0:
-                self._metrics.imputed.inc(int(np.count_nonzero(out.imputed)))
+                dev.finished += 1
+                prev = self._device_ticks.get(dev.key)
+                self._device_ticks[dev.key] = tick.tick if prev is None else max(prev, tick.tick)
+                counts[0] += 1
+                counts[2] += int(np.count_nonzero(out.imputed))
                 if out.anomaly:
-                    self._metrics.anomalies.inc()
-                if item.tick.received_ms is not None:
-                    self._lags.append(max(0, now - item.tick.received_ms) / 1000.0)
+                    counts[3] += 1
+                if tick.received_ms is not None:
+                    self._lags.append(max(0, now - tick.received_ms) / 1000.0)
+            else:
+                counts[1] += 1
+            value = encode_scored(dev.site, dev.name, manifest, out, tick.received_ms)
+            self._out.append(OutRecord(topic, key, value, now))
 
     def _dead_letter(
         self, reason: str, detail: str, topic: str, payload: bytes, received_ms: int

@@ -25,11 +25,15 @@ resumes at the new reading without back-filling the silent stretch).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
+
+_isfinite = math.isfinite
+_NAN = math.nan
 
 __all__ = ["AlignResult", "ClosedTick", "DeviceAligner", "Transition"]
 
@@ -62,7 +66,7 @@ class AlignResult:
 
 @dataclass
 class _Slot:
-    values: np.ndarray
+    values: list[float]  # [C], NaN where nothing was measured (plain floats: cheap per reading)
     received_ms: int
     token: int | None
 
@@ -124,16 +128,16 @@ class DeviceAligner:
             self._last_obs = k - 1
         slot = self._pending.get(k)
         if slot is None:
-            slot = _Slot(np.full(self.n_channels, np.nan), received_ms, token)
+            slot = _Slot([_NAN] * self.n_channels, received_ms, token)
             self._pending[k] = slot
         else:
             slot.received_ms = max(slot.received_ms, received_ms)
             if token is not None:
                 slot.token = token if slot.token is None else min(slot.token, token)
-        idx = np.asarray(channels, dtype=np.intp)
-        vals = np.asarray(values, dtype=np.float64)
-        finite = np.isfinite(vals)
-        slot.values[idx[finite]] = vals[finite]
+        row = slot.values
+        for i, v in zip(_ints(channels), _floats(values), strict=True):
+            if _isfinite(v):
+                row[i] = v
         if self._max_tick is None or k > self._max_tick:
             self._max_tick = k
         if self._anchor is None or ts_ms >= self._anchor[0]:
@@ -169,11 +173,11 @@ class DeviceAligner:
                     result.transitions.append(
                         Transition("online", k * self.tick_ms, k - last_obs - 1)
                     )
-                observed = int(np.count_nonzero(np.isfinite(slot.values)))
+                # unmeasured entries are still the _NAN placed there (only finite values land)
+                observed = self.n_channels - slot.values.count(_NAN)
+                values = np.array(slot.values, dtype=np.float64)
                 result.ticks.append(
-                    ClosedTick(
-                        k, k * self.tick_ms, slot.values, observed, slot.received_ms, slot.token
-                    )
+                    ClosedTick(k, k * self.tick_ms, values, observed, slot.received_ms, slot.token)
                 )
                 self._last_obs = k
                 k += 1
@@ -190,3 +194,14 @@ class DeviceAligner:
             k += 1
         self._last_closed = end
         return result
+
+
+def _ints(channels: Sequence[int] | np.ndarray) -> Sequence[int]:
+    return channels.tolist() if isinstance(channels, np.ndarray) else channels
+
+
+def _floats(values: Sequence[float] | np.ndarray) -> Sequence[float]:
+    if isinstance(values, np.ndarray):
+        out: list[float] = values.astype(np.float64).tolist()
+        return out
+    return values

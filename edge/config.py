@@ -89,7 +89,7 @@ class KafkaConfig:
     scored_topic: str = SCORED_TOPIC
     deadletter_topic: str = DEADLETTER_TOPIC
     client_id: str = ""  # empty: the MQTT client id
-    linger_ms: int = 20
+    linger_ms: int = 5  # low latency; see deploy/edge/agent.toml
     batch_size: int = 65536
     compression: str = "none"  # none, gzip, lz4, zstd, snappy (the latter need extra packages)
     request_timeout_ms: int = 15000
@@ -128,7 +128,7 @@ class AlignConfig:
 @dataclass(frozen=True)
 class InferenceConfig:
     batch_max_ticks: int = 256
-    batch_max_ms: int = 20
+    batch_max_ms: int = 5  # low latency; see deploy/edge/agent.toml
     intra_op_threads: int = 1
 
 

@@ -26,14 +26,26 @@ import math
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from edge.errors import PayloadError
+
+try:  # orjson parses a payload several times faster; json (the reference) is the fallback
+    import orjson
+
+    _fast_loads: Any = orjson.loads
+    _FastError: type[Exception] = orjson.JSONDecodeError
+except ImportError:  # pragma: no cover - orjson is optional on the edge
+    _fast_loads = None
+    _FastError = ValueError
 
 __all__ = ["Limits", "Reading", "TopicTemplate", "decode_message", "parse_ts"]
 
 _MS_THRESHOLD = 1e11  # epoch numbers at or above this are milliseconds (1e11 s is year 5138)
 _FIELD_RE = re.compile(r"\{([a-z]+)\}")
 _KNOWN_FIELDS = {"site", "device", "channel"}
+_MATCH_CACHE = 4096  # topics remembered per template (devices repeat their topics)
+_isfinite = math.isfinite
 
 
 @dataclass(frozen=True)
@@ -80,10 +92,20 @@ class TopicTemplate:
             for lv in levels
         )
         self._regex = re.compile(f"^{regex}$")
+        self._seen: dict[str, dict[str, str] | None] = {}
 
     def match(self, topic: str) -> dict[str, str] | None:
+        """The fields of ``topic`` (a shared dict: do not modify it), or None."""
+        try:
+            return self._seen[topic]
+        except KeyError:
+            pass
         m = self._regex.match(topic)
-        return None if m is None else m.groupdict()
+        fields = None if m is None else m.groupdict()
+        if len(self._seen) >= _MATCH_CACHE:
+            self._seen.clear()
+        self._seen[topic] = fields
+        return fields
 
     def __repr__(self) -> str:
         return f"TopicTemplate({self.pattern!r})"
@@ -132,6 +154,27 @@ def _number(channel: str, raw: object, rejected: list[tuple[str, str]]) -> float
     return v
 
 
+def _loads(payload: bytes) -> Any:
+    """JSON of a payload; orjson first, and where it refuses, the json module decides.
+
+    orjson is strict where json is lenient (NaN/Infinity literals, lone surrogates, integers
+    beyond 64 bits); whatever orjson accepts, json reads the same way.
+    """
+    if _fast_loads is not None:
+        try:
+            return _fast_loads(payload)
+        except _FastError:
+            pass
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PayloadError("not_utf8", str(exc)) from exc
+    try:
+        return json.loads(text, parse_constant=_nan_constant)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, too long ints, deep nesting
+        raise PayloadError("not_json", str(exc)[:200]) from exc
+
+
 def _check_time(ts_ms: int, received_ms: int, limits: Limits) -> None:
     if ts_ms > received_ms + limits.future_tolerance_ms:
         raise PayloadError(
@@ -163,14 +206,7 @@ def decode_message(
         raise PayloadError("unknown_topic", f"topic {topic!r} matches no template")
     if len(payload) > limits.max_payload_bytes:
         raise PayloadError("oversized", f"{len(payload)} bytes > {limits.max_payload_bytes}")
-    try:
-        text = payload.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise PayloadError("not_utf8", str(exc)) from exc
-    try:
-        data = json.loads(text, parse_constant=_nan_constant)
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError, too long ints, deep nesting
-        raise PayloadError("not_json", str(exc)[:200]) from exc
+    data = _loads(payload)
     site = fields.get("site", default_site)
     device = fields["device"]
     rejected: list[tuple[str, str]] = []
@@ -198,6 +234,9 @@ def decode_message(
         except ValueError as exc:
             raise PayloadError("bad_ts", str(exc)) from exc
         for channel, raw in raw_values.items():
+            if type(raw) is float and _isfinite(raw):
+                values[channel] = raw  # the common case, as _number would take it
+                continue
             v = _number(channel, raw, rejected)
             if v is not None:
                 values[channel] = v

@@ -265,7 +265,8 @@ class Forwarder:
 
         def done(error: BaseException | None) -> None:
             self._done.put((generation, rid, created_ms, error))
-            self._wake.set()
+            if not self._wake.is_set():
+                self._wake.set()
 
         return done
 

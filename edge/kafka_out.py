@@ -27,6 +27,45 @@ __all__ = ["KafkaSink"]
 
 log = logging.getLogger(__name__)
 _READ_TIMEOUT_S = 30.0
+_HASH_CACHE = 100_000  # keys (devices) whose partition hash is remembered
+
+
+def _key_hash_cache() -> Any:
+    """kafka-python's default partitioner, with each key's murmur2 hash remembered.
+
+    The agent sends every record of a device with the same key, and the pure-Python murmur2
+    is a large part of a send: the partition chosen is exactly the default one.
+    """
+    from kafka.partitioner.default import DefaultPartitioner, murmur2
+
+    class KeyHashCache(DefaultPartitioner):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self._hashes: dict[bytes, int] = {}
+
+        def partition(  # noqa: PLR0917 - kafka-python calls it positionally
+            self,
+            topic: str,
+            key: Any,
+            serialized_key: bytes | None,
+            value: Any,
+            serialized_value: Any,
+            cluster: Any,
+        ) -> int:
+            parts = cluster.partitions_for_topic(topic) if serialized_key is not None else None
+            if not parts:
+                return int(
+                    super().partition(topic, key, serialized_key, value, serialized_value, cluster)
+                )
+            h = self._hashes.get(serialized_key)  # type: ignore[arg-type]
+            if h is None:
+                if len(self._hashes) >= _HASH_CACHE:
+                    self._hashes.clear()
+                h = murmur2(serialized_key) & 0x7FFFFFFF
+                self._hashes[serialized_key] = h  # type: ignore[index]
+            ordered = sorted(parts)
+            return int(ordered[h % len(ordered)])
+
+    return KeyHashCache()
 
 
 class KafkaSink:
@@ -74,6 +113,7 @@ class KafkaSink:
         try:
             self._producer = KafkaProducer(
                 **self._common(),
+                partitioner=_key_hash_cache(),
                 acks="all",
                 enable_idempotence=True,
                 linger_ms=c.linger_ms,

@@ -1,10 +1,11 @@
 """Micro-batched inference across devices: collect prepared windows, run each model once.
 
 Ticks closed by the aligners are prepared by their device's :class:`~edge.scorer.DeviceScorer`
-(``prepare`` -> window ``x``/``mask`` [W, C]) and queued here. :meth:`MicroBatch.run` stacks the
-windows of each bundle into one [B, W, C] call of ``Bundle.run`` (one onnxruntime session per
-bundle, shared by its devices) and then calls ``finish`` in queue order, which is each device's
-tick order, as the scorer requires.
+(``prepare_raw`` -> the raw window [W, C] with the scaling in force) and queued here.
+:meth:`MicroBatch.run` scales the windows of each bundle together (``model_inputs``), runs them
+in one [B, W, C] call of ``Bundle.run`` (one onnxruntime session per bundle, shared by its
+devices) and finishes them with one vectorised ``finish_batch`` call, in queue order, which is
+each device's tick order, as the scorer requires. Outputs are handed on in queue order.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from numpy.typing import NDArray
 
 from edge.align import ClosedTick
 from edge.bundle import Bundle
-from edge.scorer import DeviceScorer, TickOutput
+from edge.scorer import DeviceScorer, TickOutput, finish_batch, model_inputs
 
 __all__ = ["MicroBatch", "Prepared"]
 
@@ -29,8 +30,9 @@ class Prepared:
     scorer: DeviceScorer
     bundle: Bundle
     tick: ClosedTick
-    x: NDArray[np.float32]
-    mask: NDArray[np.float32]
+    window: NDArray[np.float64]  # [W, C] raw values, NaN = missing
+    center: NDArray[np.float64]  # [C] the scaling in force when the tick was prepared
+    scale: NDArray[np.float64]
 
 
 class MicroBatch:
@@ -66,25 +68,32 @@ class MicroBatch:
         tokens = [i.tick.token for i in self.items if i.tick.token is not None]
         return min(tokens) if tokens else None
 
-    def run(self, emit: Callable[[Prepared, TickOutput], None]) -> int:
-        """Run the models and ``finish`` every queued tick; return how many ticks ran."""
+    def run(self, emit: Callable[[Prepared, list[TickOutput]], None]) -> int:
+        """Run the models and finish every queued tick; return how many ticks ran.
+
+        ``emit(item, outputs)`` is called once per queued tick, in queue order, with its
+        causal output first and any back-fill after it.
+        """
         items, self.items, self.started = self.items, [], None
         if not items:
             return 0
         groups: dict[int, list[int]] = {}
         for i, item in enumerate(items):
             groups.setdefault(id(item.bundle), []).append(i)
-        means: list[NDArray[Any]] = [np.empty(0)] * len(items)
-        logvars: list[NDArray[Any]] = [np.empty(0)] * len(items)
+        outputs: list[list[TickOutput]] = [[] for _ in items]
         for idxs in groups.values():
-            bundle = items[idxs[0]].bundle
-            x = np.stack([items[i].x for i in idxs])
-            mask = np.stack([items[i].mask for i in idxs])
+            group = [items[i] for i in idxs]
+            bundle = group[0].bundle
+            window = np.stack([it.window for it in group])
+            center = np.stack([it.center for it in group])[:, None, :]
+            scale = np.stack([it.scale for it in group])[:, None, :]
+            x, mask = model_inputs(window, center, scale)
             mean, logvar = bundle.run(x, mask)
-            for j, i in enumerate(idxs):
-                means[i] = mean[j]
-                logvars[i] = logvar[j]
-        for i, item in enumerate(items):
-            for out in item.scorer.finish(means[i], logvars[i], item.bundle.run):
-                emit(item, out)
+            done = finish_batch(
+                [it.scorer for it in group], mean, logvar, [bundle.run] * len(group)
+            )
+            for i, outs in zip(idxs, done, strict=True):
+                outputs[i] = outs
+        for item, outs in zip(items, outputs, strict=True):
+            emit(item, outs)
         return len(items)

@@ -11,16 +11,18 @@
 * TLS and username/password; shared subscriptions (``$share/<group>/<filter>``) for agents
   that split one stream.
 
-paho's network thread only puts messages on a bounded queue; the agent thread polls it.
+paho's network thread only appends messages to a bounded buffer (a deque: no lock per
+message); the agent thread polls it in batches.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import ssl
+import struct
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,24 @@ __all__ = ["MqttSource"]
 
 log = logging.getLogger(__name__)
 _ENQUEUE_WAIT_S = 5.0
+_PUBACK = struct.Struct("!BBH")  # fixed header 0x40, remaining length 2, packet id
+_PUBACK_TYPE = 0x40
+
+
+def send_pubacks(client: Any, mids: Sequence[int]) -> None:
+    """PUBACK each packet id, as ``client.ack(mid, 1)`` would, in one write.
+
+    paho queues (and writes) every acknowledgement on its own; a batch of them goes out here
+    as one queued buffer of the same 4-byte PUBACK packets (MQTT packets may share a write).
+    Falls back to ``client.ack`` where paho lacks the internal queue it uses.
+    """
+    queue_packet = getattr(client, "_packet_queue", None)
+    if queue_packet is None or len(mids) == 1:
+        for mid in mids:
+            client.ack(mid, 1)
+        return
+    pack = _PUBACK.pack
+    queue_packet(_PUBACK_TYPE, b"".join([pack(_PUBACK_TYPE, 2, mid) for mid in mids]), 0, 0)
 
 
 class MqttSource:
@@ -52,7 +72,10 @@ class MqttSource:
         self._filters = [f"$share/{group}/{f}" if group else f for f in filters]
         self._filters += list(extra_filters)  # never shared: every agent must see these
         self._clock = clock
-        self._queue: queue.Queue[InMessage] = queue.Queue(maxsize=config.queue_max)
+        self._buffer: deque[InMessage] = deque()
+        self._max = config.queue_max
+        self._ready = threading.Event()  # set when the buffer may hold messages
+        self._space = threading.Event()  # set when the buffer may have room
         self._generation = 0
         self._connected = False
         self._subscribed = False
@@ -122,18 +145,16 @@ class MqttSource:
         )
 
     def poll(self, max_messages: int, timeout_s: float) -> list[InMessage]:
-        out: list[InMessage] = []
-        try:
-            out.append(
-                self._queue.get(timeout=timeout_s) if timeout_s > 0 else self._queue.get_nowait()
-            )
-        except queue.Empty:
-            return out
-        while len(out) < max_messages:
-            try:
-                out.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
+        buf = self._buffer
+        if not buf:
+            self._ready.clear()
+            if not buf and timeout_s > 0:  # checked again: an append may have come in between
+                self._ready.wait(timeout_s)
+        n = min(max_messages, len(buf))
+        popleft = buf.popleft
+        out = [popleft() for _ in range(n)]
+        if n and not self._space.is_set():
+            self._space.set()
         return out
 
     def ack(self, messages: Sequence[InMessage]) -> None:
@@ -142,6 +163,7 @@ class MqttSource:
             return
         with self._lock:
             generation = self._generation
+        pubacks: list[int] = []
         for m in messages:
             token = m.ack_token
             if not isinstance(token, tuple):
@@ -149,8 +171,14 @@ class MqttSource:
             gen, mid, qos = token
             # After a reconnect the broker redelivers unacknowledged messages itself; an
             # ack for the old connection's packet id could hit another message: skip it.
-            if qos > 0 and gen == generation:
+            if qos <= 0 or gen != generation:
+                continue
+            if qos == 1:
+                pubacks.append(mid)
+            else:
                 client.ack(mid, qos)
+        if pubacks:
+            send_pubacks(client, pubacks)
 
     @property
     def connected(self) -> bool:
@@ -219,14 +247,26 @@ class MqttSource:
         log.warning("mqtt.disconnected", extra={"reason": str(reason_code)})
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
-        with self._lock:
-            generation = self._generation
-        item = InMessage(
-            msg.topic, bytes(msg.payload), self._clock.now_ms(), (generation, msg.mid, msg.qos)
-        )
-        try:
-            self._queue.put(item, timeout=_ENQUEUE_WAIT_S)
-        except queue.Full:
+        token = (self._generation, msg.mid, msg.qos)  # an int read: no lock needed
+        item = InMessage(msg.topic, bytes(msg.payload), self._clock.now_ms(), token)
+        buf = self._buffer
+        if len(buf) >= self._max and not self._wait_for_room():
             # Not acknowledged: a QoS 1 message comes back after the next reconnect.
             self.dropped += 1
             log.warning("mqtt.queue_full", extra={"topic": msg.topic, "dropped": self.dropped})
+            return
+        buf.append(item)
+        if not self._ready.is_set():
+            self._ready.set()
+
+    def _wait_for_room(self) -> bool:
+        """Block the network thread until the agent took messages (at most a few seconds)."""
+        deadline = time.monotonic() + _ENQUEUE_WAIT_S
+        while len(self._buffer) >= self._max:
+            self._space.clear()
+            if len(self._buffer) < self._max:
+                break
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._space.wait(left):
+                return len(self._buffer) < self._max
+        return True

@@ -24,9 +24,16 @@ Per device, :class:`DeviceScorer` keeps the last ``window`` ticks. For each new 
     rate, plus ``warmup_margin``), and with ``rescale`` the per-channel center/scale are first
     re-estimated from the warm-up observations and the warm-up ticks re-scored through the
     ``runner`` given to ``finish``.
+    ``rescale_scale_weight`` w in [0, 1] sets how far the scale moves:
+    ``bundle_scale ** (1 - w) * warmup_scale ** w`` (1: the warm-up's own spread, 0: the
+    bundle's; a short warm-up under-estimates a device's normal spread).
 
 ``prepare``/``finish`` may be pipelined (several ``prepare`` calls, then the ``finish`` calls
-in the same order), except across the end of a rescaling warm-up. :func:`score_series` is the
+in the same order), except across the end of a rescaling warm-up. :func:`finish_batch` is
+``finish`` for many prepared ticks at once (of one device or many, sharing the window and
+channel count): the per-entry arithmetic runs vectorised over the batch, the per-device state
+advances tick by tick, and the outputs are those of ``finish`` called tick by tick (the agent's
+micro-batch uses it; ``finish`` itself is a batch of one). :func:`score_series` is the
 batch twin: it drives a ``DeviceScorer`` over a whole series with batched model calls.
 """
 
@@ -35,7 +42,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -54,6 +61,7 @@ __all__ = [
     "ScoringOptions",
     "SeriesResult",
     "TickOutput",
+    "finish_batch",
     "fit_scaling",
     "model_inputs",
     "score_series",
@@ -84,6 +92,7 @@ class ScoringOptions:
     top_k: int = 3
     top_z: float = 2.0
     warmup_margin: float = 0.0
+    rescale_scale_weight: float = 1.0
 
     @classmethod
     def from_manifest(cls, manifest: Manifest) -> ScoringOptions:
@@ -94,6 +103,7 @@ class ScoringOptions:
             top_k=int(raw.get("top_k", cls.top_k)),
             top_z=float(raw.get("top_z", cls.top_z)),
             warmup_margin=float(raw.get("warmup_margin", cls.warmup_margin)),
+            rescale_scale_weight=float(raw.get("rescale_scale_weight", cls.rescale_scale_weight)),
         )
 
 
@@ -175,6 +185,7 @@ class DeviceScorer:
         history: tuple[NDArray[np.int64], NDArray[np.float64]] | None = None,
         target_false_alarm_rate: float | None = None,
         warmup_margin: float | None = None,
+        rescale_scale_weight: float | None = None,
         name: str = "",
     ) -> None:
         if warmup_ticks < 0:
@@ -192,7 +203,16 @@ class DeviceScorer:
             top_k=options.top_k,
             top_z=options.top_z,
             warmup_margin=options.warmup_margin if warmup_margin is None else warmup_margin,
+            rescale_scale_weight=(
+                options.rescale_scale_weight
+                if rescale_scale_weight is None
+                else rescale_scale_weight
+            ),
         )
+        if not 0.0 <= self.options.rescale_scale_weight <= 1.0:
+            raise InputError(
+                f"rescale_scale_weight must be in [0, 1], got {self.options.rescale_scale_weight}"
+            )
         self.target_rate = (
             manifest.threshold.target_false_alarm_rate
             if target_false_alarm_rate is None
@@ -236,6 +256,17 @@ class DeviceScorer:
         self, ts_ms: int, values: NDArray[np.float64]
     ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
         """Push the newest aligned tick ([C] raw, NaN = missing); return (x, mask) [W, C] f32."""
+        window, center, scale = self.prepare_raw(ts_ms, values)
+        return model_inputs(window, center, scale)
+
+    def prepare_raw(
+        self, ts_ms: int, values: NDArray[np.float64]
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+        """:meth:`prepare` without the scaling: a copy of the raw window [W, C], center, scale.
+
+        ``model_inputs(window, center, scale)`` gives what :meth:`prepare` returns; a caller
+        that batches many ticks can scale them all at once (``model_inputs`` broadcasts).
+        """
         if self.must_finish_first:
             raise InputError(
                 "finish() the last warm-up tick before prepare() the next one: "
@@ -245,33 +276,19 @@ class DeviceScorer:
         self._push(int(ts_ms), row, real=True)
         self._prepared += 1
         self._pending.append(_Pending(int(ts_ms), row, self.center, self.scale, self._silent_run))
-        return model_inputs(self._window.values, self.center, self.scale)
+        return self._window.values.copy(), self.center, self.scale
 
     def finish(self, mean: NDArray[Any], logvar: NDArray[Any], runner: Runner) -> list[TickOutput]:
         """Model output [W, C] for the oldest prepared window: causal result, then any back-fill."""
         if not self._pending:
             raise InputError("finish() called without a matching prepare()")
-        mean = np.asarray(mean, dtype=np.float64)
-        logvar = np.asarray(logvar, dtype=np.float64)
+        mean = np.asarray(mean)
+        logvar = np.asarray(logvar)
         if mean.shape != (self._w, self._c) or logvar.shape != (self._w, self._c):
             raise InputError(
                 f"model output must be [{self._w}, {self._c}], got {mean.shape} and {logvar.shape}"
             )
-        p = self._pending.popleft()
-        out = self._causal(p, mean[-1], logvar[-1])
-        outputs = [out]
-        d = self.manifest.backfill_delay
-        if d > 0:
-            target_ts = p.ts_ms - d * self._tick_ms
-            for prev in self._history:
-                if prev.ts_ms == target_ts and prev.imputed.any():
-                    pos = self._w - 1 - d
-                    outputs.append(self._backfill(prev, p, mean[pos], logvar[pos]))
-        self._history.append(out)
-        self._finished += 1
-        if self.warmup_ticks and self._finished == self.warmup_ticks:
-            self._end_warmup(runner)
-        return outputs
+        return finish_batch([self], mean[None], logvar[None], [runner])[0]
 
     def recent(self) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
         """The last ``window`` raw ticks ``(ts_ms [n], values [n, C])`` to seed a new scorer."""
@@ -326,19 +343,10 @@ class DeviceScorer:
         nll = np.where(observed, 0.5 * (LOG_2PI + logvar + resid2), np.nan)
         return observed, nll, resid2
 
-    def _causal(
-        self, p: _Pending, mean: NDArray[np.float64], logvar: NDArray[np.float64]
-    ) -> TickOutput:
-        observed, nll, resid2 = self._nll(p.raw, p.center, p.scale, mean, logvar)
-        score = float(np.mean(nll[observed])) if observed.any() else None
-        if p.silent_run > self.manifest.max_gap_ticks:
-            values = np.full(self._c, np.nan)
-            imputed = np.zeros(self._c, dtype=bool)
-            sigma = np.full(self._c, np.nan)
-        else:
-            values = np.where(observed, p.raw, mean * p.scale + p.center)
-            imputed = ~observed
-            sigma = np.where(observed, np.nan, np.exp(logvar / 2.0) * p.scale)
+    def _finish_row(self, rows: _Rows, i: int, runner: Runner) -> list[TickOutput]:
+        """The sequential part of ``finish`` for row ``i`` of a vectorised batch."""
+        p = self._pending.popleft()
+        score = rows.score[i]
         self._smoothed = ewma_step(self._smoothed, score, self.threshold.ewma_alpha)
         warm = self.in_warmup
         if warm:
@@ -348,31 +356,38 @@ class DeviceScorer:
             self._active = hysteresis_step(
                 self._active, self._smoothed, self.threshold.on, self.threshold.off
             )
-        top: tuple[str, ...] = ()
-        if score is not None:
-            candidates = np.flatnonzero(observed & (resid2 >= self.options.top_z**2))
-            ranked = candidates[np.argsort(-nll[candidates], kind="stable")][: self.options.top_k]
-            top = tuple(self.channels[i] for i in ranked)
-        return TickOutput(
+        out = TickOutput(
             ts_ms=p.ts_ms,
-            values=values,
-            imputed=imputed,
-            sigma=sigma,
+            values=rows.values[i],
+            imputed=rows.imputed[i],
+            sigma=rows.sigma[i],
             score=score,
-            contributions=nll,
+            contributions=rows.nll[i],
             smoothed=self._smoothed,
             threshold=self.threshold.on,
             anomaly=bool(self._active) and not warm,
-            top_channels=top,
+            top_channels=rows.top[i],
             revision=0,
             warmup=warm,
         )
+        outputs = [out]
+        d = self.manifest.backfill_delay
+        if d > 0:
+            target_ts = p.ts_ms - d * self._tick_ms
+            for prev in self._history:
+                if prev.ts_ms == target_ts and prev.imputed.any():
+                    outputs.append(self._backfill(prev, rows.bf_values[i], rows.bf_sigma[i]))
+        self._history.append(out)
+        self._finished += 1
+        if self.warmup_ticks and self._finished == self.warmup_ticks:
+            self._end_warmup(runner)
+        return outputs
 
     def _backfill(
-        self, prev: TickOutput, p: _Pending, mean: NDArray[np.float64], logvar: NDArray[np.float64]
+        self, prev: TickOutput, bf_values: NDArray[np.float64], bf_sigma: NDArray[np.float64]
     ) -> TickOutput:
-        values = np.where(prev.imputed, mean * p.scale + p.center, prev.values)
-        sigma = np.where(prev.imputed, np.exp(logvar / 2.0) * p.scale, np.nan)
+        values = np.where(prev.imputed, bf_values, prev.values)
+        sigma = np.where(prev.imputed, bf_sigma, np.nan)
         return TickOutput(
             ts_ms=prev.ts_ms,
             values=values,
@@ -393,7 +408,9 @@ class DeviceScorer:
         real = np.array(self._warm_real, dtype=bool)
         smoothed = np.array(self._warm_smoothed, dtype=np.float64)
         if self.rescale and real.any():
-            self.center, self.scale = fit_scaling(rows[real], self.center, self.scale)
+            self.center, scale = fit_scaling(rows[real], self.center, self.scale)
+            weight = self.options.rescale_scale_weight
+            self.scale = scale if weight == 1.0 else self.scale ** (1.0 - weight) * scale**weight
             scores = self._rescore(rows, np.flatnonzero(real), runner)
             smoothed = ewma(scores, self.threshold.ewma_alpha)
             finite = smoothed[np.isfinite(smoothed)]
@@ -443,6 +460,138 @@ class DeviceScorer:
 
 
 @dataclass(frozen=True)
+class _Rows:
+    """The vectorised part of ``finish`` for B ticks, one row each (see :func:`finish_batch`)."""
+
+    values: NDArray[np.float64]  # [B, C] causal values (NaN when offline)
+    imputed: NDArray[np.bool_]  # [B, C]
+    sigma: NDArray[np.float64]  # [B, C]
+    nll: NDArray[np.float64]  # [B, C] contributions, NaN where unobserved
+    score: list[float | None]  # [B]
+    top: list[tuple[str, ...]]  # [B]
+    bf_values: NDArray[np.float64]  # [B, C] re-imputed values of the back-fill position
+    bf_sigma: NDArray[np.float64]  # [B, C] their sigma
+
+
+def _row_scores(nll: NDArray[np.float64], observed: NDArray[np.bool_]) -> list[float | None]:
+    """Per row ``np.mean(nll[observed])`` (bit for bit), None where nothing was observed.
+
+    Rows are grouped by their number of observed entries ``n`` and each group is reduced as
+    an [rows, n] array, so numpy sums every row over exactly its observed entries in order,
+    with the same pairwise summation as the 1-D mean of one row.
+    """
+    counts = observed.sum(axis=1)
+    out: list[float | None] = [None] * len(counts)
+    for n in np.unique(counts).tolist():
+        if n == 0:
+            continue
+        rows = np.flatnonzero(counts == n)
+        compressed = nll[rows][observed[rows]].reshape(rows.size, n)
+        means = (np.add.reduce(compressed, axis=1) / n).tolist()
+        for r, m in zip(rows.tolist(), means, strict=True):
+            out[r] = m
+    return out
+
+
+def _top_channels(
+    scorers: Sequence[DeviceScorer],
+    observed: NDArray[np.bool_],
+    resid2: NDArray[np.float64],
+    nll: NDArray[np.float64],
+) -> list[tuple[str, ...]]:
+    """Per row: observed channels with ``|z| >= top_z``, by contribution, at most ``top_k``."""
+    top_z2 = np.array([[s.options.top_z**2] for s in scorers], dtype=np.float64)
+    cand = observed & (resid2 >= top_z2)
+    out: list[tuple[str, ...]] = [()] * len(scorers)
+    hits = np.flatnonzero(cand.any(axis=1))
+    if not hits.size:
+        return out
+    # non-candidates sort last; a stable sort keeps channel order among equal contributions
+    key = np.where(cand[hits], -nll[hits], np.inf)
+    order = np.argsort(key, axis=1, kind="stable").tolist()
+    flags = cand[hits].tolist()
+    for r, ranked, ok in zip(hits.tolist(), order, flags, strict=True):
+        s = scorers[r]
+        chosen = [i for i in ranked if ok[i]][: s.options.top_k]
+        out[r] = tuple(s.channels[i] for i in chosen)
+    return out
+
+
+def finish_batch(
+    scorers: Sequence[DeviceScorer],
+    mean: NDArray[Any],
+    logvar: NDArray[Any],
+    runners: Sequence[Runner],
+) -> list[list[TickOutput]]:
+    """``finish`` for B prepared ticks at once: ``mean``/``logvar`` [B, W, C], one row per tick.
+
+    Row ``i`` belongs to ``scorers[i]`` (a scorer may appear several times, its rows in the
+    order of its ``prepare`` calls) and ``runners[i]`` serves its warm-up re-scoring. The
+    per-entry arithmetic (NLL, imputation, sigma, top channels) runs vectorised over the
+    batch; the per-device state (EWMA, hysteresis, warm-up, back-fill) then advances tick by
+    tick in row order. The outputs equal those of ``finish`` called row by row.
+    """
+    n = len(scorers)
+    if not n:
+        return []
+    first = scorers[0]
+    w, c, d = first._w, first._c, first.manifest.backfill_delay
+    if any(s._w != w or s._c != c or s.manifest.backfill_delay != d for s in scorers):
+        return [
+            finish_batch([s], mean[i : i + 1], logvar[i : i + 1], [runners[i]])[0]
+            for i, s in enumerate(scorers)
+        ]
+    if mean.shape != (n, w, c) or logvar.shape != (n, w, c):
+        raise InputError(
+            f"model output must be [{n}, {w}, {c}], got {mean.shape} and {logvar.shape}"
+        )
+    taken: dict[int, int] = {}
+    pend: list[_Pending] = []
+    for s in scorers:
+        j = taken.get(id(s), 0)
+        if j >= len(s._pending):
+            raise InputError("finish() called without a matching prepare()")
+        taken[id(s)] = j + 1
+        pend.append(s._pending[j])
+    raw = np.array([p.raw for p in pend])
+    center = np.array([p.center for p in pend])
+    scale = np.array([p.scale for p in pend])
+    m_last = np.asarray(mean[:, -1], dtype=np.float64)
+    lv_last = np.asarray(logvar[:, -1], dtype=np.float64)
+    observed = ~np.isnan(raw)
+    z = np.where(observed, (raw - center) / scale, 0.0)
+    resid2 = (z - m_last) ** 2 * np.exp(-lv_last)
+    nll = np.where(observed, 0.5 * (LOG_2PI + lv_last + resid2), np.nan)
+    values = np.where(observed, raw, m_last * scale + center)
+    imputed = ~observed
+    sigma = np.where(observed, np.nan, np.exp(lv_last / 2.0) * scale)
+    offline = np.array(
+        [p.silent_run > s.manifest.max_gap_ticks for p, s in zip(pend, scorers, strict=True)]
+    )
+    if offline.any():
+        values[offline] = np.nan
+        imputed[offline] = False
+        sigma[offline] = np.nan
+    if d > 0:
+        pos = w - 1 - d
+        bf_values = np.asarray(mean[:, pos], dtype=np.float64) * scale + center
+        bf_sigma = np.exp(np.asarray(logvar[:, pos], dtype=np.float64) / 2.0) * scale
+    else:
+        bf_values = bf_sigma = values
+    rows = _Rows(
+        values=values,
+        imputed=imputed,
+        sigma=sigma,
+        nll=nll,
+        score=_row_scores(nll, observed),
+        top=_top_channels(scorers, observed, resid2, nll),
+        bf_values=bf_values,
+        bf_sigma=bf_sigma,
+    )
+    return [s._finish_row(rows, i, runners[i]) for i, s in enumerate(scorers)]
+
+
+@dataclass(frozen=True)
 class SeriesResult:
     """:func:`score_series` output, one row per input tick."""
 
@@ -472,6 +621,7 @@ def score_series(
     batch: int = 64,
     warmup_margin: float | None = None,
     target_false_alarm_rate: float | None = None,
+    rescale_scale_weight: float | None = None,
 ) -> SeriesResult:
     """Score a whole series [T, C] (grid ticks in order) the way a streaming device would.
 
@@ -495,6 +645,7 @@ def score_series(
         warmup_ticks=warmup,
         rescale=rescale,
         warmup_margin=warmup_margin,
+        rescale_scale_weight=rescale_scale_weight,
         target_false_alarm_rate=target_false_alarm_rate,
     )
     res = {

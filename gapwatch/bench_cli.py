@@ -177,6 +177,12 @@ def add_train_args(p: argparse.ArgumentParser, epochs: int) -> None:
     p.add_argument(
         "--context", type=int, default=bench_env("context"), help="VAE blind-spot context ticks"
     )
+    p.add_argument(
+        "--base",
+        choices=("none", "interp"),
+        default=bench_env("base"),
+        help="VAE decoder base (see gapwatch train --help; default: train's default)",
+    )
 
 
 def train_for_bench(
@@ -187,7 +193,7 @@ def train_for_bench(
 
     tc = TrainConfig()
     tc = replace(tc, epochs=2 if args.quick else args.epochs)
-    for knob in ("window", "latent", "hidden", "context"):
+    for knob in ("window", "latent", "hidden", "context", "base"):
         if getattr(args, knob):
             tc = replace(tc, **{knob: getattr(args, knob)})
     cfg = BundleConfig(

@@ -21,7 +21,12 @@ Guarantees:
 - **Revisions.** Per-device order holds within a partition, so last-write-wins is right. A
   revision that arrives after a *newer* revision of the same tick (seen by this process) is
   skipped as ``stale`` rather than written over it.
-- **Throughput.** One batch is written by a writer thread while the next one is decoded.
+- **Throughput.** One batch is written by a writer thread while the next one is decoded (at
+  most one batch in flight and one filling); the request body is joined before the hand-off so
+  InfluxDB gets the next batch as soon as it answers. Records take
+  :meth:`~pipeline.lineproto.LineEncoder.encode_json` (one JSON parse, cached templates)
+  unless they need the schema's own decoder. A process running the sink should call
+  :func:`pipeline.sink_cli.tune_interpreter` (garbage collector, GIL switch interval).
 """
 
 from __future__ import annotations
@@ -173,9 +178,12 @@ class SinkStats:
     commit_failures: int = 0
 
 
+_Unit = tuple[TopicPartition, RecordLike, bytes, int]  # (partition, record, lines, points)
+
+
 @dataclass
 class _Batch:
-    units: list[tuple[TopicPartition, RecordLike, bytes]] = field(default_factory=list)
+    units: list[_Unit] = field(default_factory=list)
     letters: list[tuple[DeadLetter, bytes | None]] = field(default_factory=list)
     offsets: dict[TopicPartition, int] = field(default_factory=dict)
     records: int = 0
@@ -183,6 +191,7 @@ class _Batch:
     stale: int = 0
     started: float = 0.0
     points_written: int = 0
+    body: bytes = b""  # the units' lines joined, once the batch is handed off
 
 
 def _schema_reason(exc: SchemaError) -> str:
@@ -243,6 +252,7 @@ class Sink:
                     "sink.stop_uncommitted",
                     extra={"records": self._pending(), "stop_grace_s": self._s.stop_grace_s},
                 )
+            self._set_pending()
         finally:
             self._executor.shutdown(wait=True)
         log.info("sink.stopped", extra={"stats": self.stats})
@@ -278,11 +288,8 @@ class Sink:
             age = self._clock.monotonic() - self._batch.started
             timeout = max(0.0, min(timeout, self._s.max_wait_s - age))
         for group in self._source.poll(timeout, self._s.max_poll_records):
-            tp = (group.topic, group.partition)
-            for record in group.records:
-                self._add(tp, record)
-                if self._batch.points >= self._s.max_points:
-                    self._hand_off()
+            if group.records:
+                self._add_records((group.topic, group.partition), group.records)
         if self._inflight is not None and self._inflight[0].done():
             self._complete_inflight()
         if self._batch.records and (
@@ -291,40 +298,76 @@ class Sink:
             self._hand_off()
         self._set_pending()
 
-    def _add(self, tp: TopicPartition, record: RecordLike) -> None:
+    def _add_records(self, tp: TopicPartition, records: Sequence[RecordLike]) -> None:
+        """Encode one partition's records into the batch; hand it off whenever it is full.
+
+        The hot loop of the sink (one pass per record): what it needs is kept in locals, and
+        the batch's record and point counts are brought up to date at a hand-off and at the end.
+        """
+        encode = self._encoder.encode_json
+        revisions = self._revisions
+        max_points = self._s.max_points
         batch = self._batch
-        if batch.records == 0:
+        append = batch.units.append
+        points = batch.points
+        first = 0  # index of the first record of ``records`` in ``batch``
+        if not batch.records:
             batch.started = self._clock.monotonic()
-        batch.records += 1
-        batch.offsets[tp] = record.offset + 1
-        raw = record.value
+        for i, record in enumerate(records):
+            raw = record.value
+            try:
+                encoded = None if raw is None else encode(raw)
+            except LineProtocolError as exc:
+                self._dead(batch, tp, record, "unencodable", str(exc))
+                continue
+            if encoded is None:
+                encoded = self._decode(batch, tp, record, raw)
+                if encoded is None:
+                    continue
+            key = (encoded[1], encoded[2], encoded[3])
+            revision = encoded[4]
+            seen = revisions.get(key)
+            if seen is not None and revision < seen:
+                batch.stale += 1
+                continue
+            if revision > 0:
+                if len(revisions) >= self._s.revision_cache:
+                    revisions.clear()
+                revisions[key] = revision
+            append((tp, record, encoded[0], encoded[5]))
+            points += encoded[5]
+            if points >= max_points:
+                batch.records += i + 1 - first
+                batch.points = points
+                batch.offsets[tp] = record.offset + 1
+                first = i + 1
+                self._hand_off()
+                batch = self._batch
+                append = batch.units.append
+                points = 0
+                batch.started = self._clock.monotonic()
+        if first < len(records):
+            batch.records += len(records) - first
+            batch.points = points
+            batch.offsets[tp] = records[-1].offset + 1
+
+    def _decode(
+        self, batch: _Batch, tp: TopicPartition, record: RecordLike, raw: bytes | None
+    ) -> Encoded | None:
+        """The slow path: decode with the schema's own reader; dead-letter what fails."""
         if raw is None:
             self._dead(batch, tp, record, "empty", "record has no value (tombstone)")
-            return
+            return None
         try:
-            encoded = self._encoder.encode_json(raw)
-            if encoded is None:
-                tick = ScoredTick.decode(raw)
-                encoded = Encoded(
-                    self._encoder.encode(tick), tick.site, tick.device, tick.ts_ms, tick.revision
-                )
+            tick = ScoredTick.decode(raw)
+            lines = self._encoder.encode(tick)
         except SchemaError as exc:
             self._dead(batch, tp, record, _schema_reason(exc), str(exc))
-            return
+            return None
         except LineProtocolError as exc:
             self._dead(batch, tp, record, "unencodable", str(exc))
-            return
-        key = (encoded.site, encoded.device, encoded.ts_ms)
-        seen = self._revisions.get(key)
-        if seen is not None and encoded.revision < seen:
-            batch.stale += 1
-            return
-        if encoded.revision > 0:
-            if len(self._revisions) >= self._s.revision_cache:
-                self._revisions.clear()
-            self._revisions[key] = encoded.revision
-        batch.units.append((tp, record, encoded.lines))
-        batch.points += encoded.points
+            return None
+        return Encoded(lines, tick.site, tick.device, tick.ts_ms, tick.revision, lines.count(b"\n"))
 
     def _dead(
         self, batch: _Batch, tp: TopicPartition, record: RecordLike, reason: str, detail: str
@@ -350,20 +393,35 @@ class Sink:
     # ---------------------------------------------------------------- hand-off and commit
 
     def _hand_off(self) -> None:
-        """Wait for the batch in flight and commit it; start writing the current batch."""
-        self._complete_inflight()
-        if self._batch.records == 0:
-            return
-        batch, self._batch = self._batch, _Batch()
-        self._inflight = (self._executor.submit(self._write_batch, batch), batch)
+        """Wait for the batch in flight; start writing the current batch; commit the one before.
 
-    def _complete_inflight(self) -> None:
+        The request body is joined while the batch before is still being written, and the
+        offsets of that batch are committed after the next write has started, so InfluxDB gets
+        the next batch the moment it answers. Commits stay in order: a batch is committed only
+        after it was written and after every batch before it was committed.
+        """
+        batch = self._batch
+        batch.body = b"".join([unit[2] for unit in batch.units])
+        written = self._wait_inflight()
+        if batch.records:
+            self._batch = _Batch()
+            self._inflight = (self._executor.submit(self._write_batch, batch), batch)
+        if written is not None:
+            self._commit(written)
+
+    def _wait_inflight(self) -> _Batch | None:
+        """The batch in flight once it is written (None if there is none), not yet committed."""
         if self._inflight is None:
-            return
+            return None
         future, batch = self._inflight
         future.result()  # re-raises SinkGaveUp, _Abandoned, fatal StorageError
         self._inflight = None
-        self._commit(batch)
+        return batch
+
+    def _complete_inflight(self) -> None:
+        written = self._wait_inflight()
+        if written is not None:
+            self._commit(written)
 
     def _commit(self, batch: _Batch) -> None:
         st, m = self.stats, self._metrics
@@ -408,7 +466,8 @@ class Sink:
 
     def _write_batch(self, batch: _Batch) -> None:
         if batch.units:
-            self._write_units(batch, batch.units)
+            self._write_units(batch, batch.units, batch.body)
+            batch.body = b""
         if batch.letters:
             for letter, _ in batch.letters:
                 log.warning(
@@ -421,10 +480,8 @@ class Sink:
                 )
             self._retry(lambda: self._letters.publish(batch.letters), "deadletter")
 
-    def _write_units(
-        self, batch: _Batch, units: list[tuple[TopicPartition, RecordLike, bytes]]
-    ) -> None:
-        body = b"".join(unit[2] for unit in units)
+    def _write_units(self, batch: _Batch, units: list[_Unit], body: bytes = b"") -> None:
+        body = body or b"".join([unit[2] for unit in units])
         started = self._clock.monotonic()
         try:
             self._retry(lambda: self._writer.write(body), "influxdb")
@@ -438,7 +495,7 @@ class Sink:
             self._write_units(batch, units[:mid])
             self._write_units(batch, units[mid:])
             return
-        batch.points_written += body.count(b"\n")
+        batch.points_written += sum([unit[3] for unit in units])
         if self._metrics is not None:
             self._metrics.write_seconds.observe(self._clock.monotonic() - started)
 

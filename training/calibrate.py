@@ -4,7 +4,11 @@ A held-out part is the chronologically last ticks of a series (:class:`Holdout`)
 with :func:`edge.scorer.score_series` starting ``context`` ticks earlier, so windows and the
 EWMA are warm when the held-out part begins; only held-out ticks not labelled anomalous count.
 
-- :func:`calibrate_threshold`: on/off at the target false-alarm rate (``edge.threshold``);
+- :func:`calibrate_threshold`: on/off at the target false-alarm rate (``edge.threshold``),
+  on the held-out ticks *before* each series' first labelled anomaly: what follows a fault is
+  not known to be normal (on SKAB, post-fault tails labelled normal score ~100x the normal
+  ones and lifted ``on`` from ~0 to ~370). Only when no such tick exists anywhere are all
+  unlabelled held-out ticks used;
 - :func:`holdout_report`: held-out NLL per observed entry, and imputation MAE (scaled units)
   on artificially hidden held-out entries (random 20 %, one channel silent, whole device
   silent) for the causal VAE vs last observation carried forward, and for the back-fill vs
@@ -62,12 +66,23 @@ def calibrate_threshold(
     alpha: float,
     context: int,
 ) -> tuple[ThresholdSpec, NDArray[np.float64]]:
-    """Threshold at ``target_rate`` on the held-out smoothed scores; also returns those scores."""
-    pooled = []
+    """Threshold at ``target_rate`` on the held-out smoothed scores; also returns those scores.
+
+    Ticks at or after a series' first labelled anomaly are left out (see the module
+    docstring), unless that leaves no tick at all.
+    """
+    before: list[NDArray[np.float64]] = []
+    unlabelled: list[NDArray[np.float64]] = []
     for part in parts:
         result, offset = _score(model, part, context, part.values, "causal")
+        held = result.smoothed[offset:]
         normal = ~part.anomalous[part.start :]
-        pooled.append(result.smoothed[offset:][normal])
+        unlabelled.append(held[normal])
+        first = np.flatnonzero(part.anomalous)
+        cut = part.anomalous.size if first.size == 0 else int(first[0])
+        before.append(held[: max(0, cut - part.start)])
+    kept = [s for s in before if np.isfinite(s).any()]
+    pooled = kept if kept else unlabelled
     smoothed = np.concatenate(pooled) if pooled else np.zeros(0)
     try:
         return calibrate(smoothed, target_rate, alpha=alpha), smoothed

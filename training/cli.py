@@ -39,16 +39,15 @@ environment:
   GAPWATCH_TRAIN_EPOCHS=50; a flag on the command line wins.
 
 model:
-  A VAE over --window ticks; the latent path alone by default. --context K adds a blind-spot
-  path (each tick decoded with help from K neighbours on each side, never from itself): on
-  SKAB it raised warm-up-rescaled F1, on hourly Beijing data it helped random gaps but hurt
-  long outages. --base interp decodes each entry as a correction to a blind interpolation of
-  its observed neighbours, helped by the same tick's other channels: on Beijing it halved
-  random-gap error (beats LOCF and, back-filled, linear interpolation) but was worse on
-  24-tick outages, trains ~3x slower, and on SKAB it explained anomalies away (F1 0.43), so
-  it is for gap filling, not detection. --warmup-margin widens per-device warm-up thresholds
-  (fewer false alarms): on SKAB (bench anomaly, rescaled) 0.5 gave F1 0.798 / FAR 28 %
-  against 0.796 / 34 % at 0.
+  A VAE over --window ticks with two decoder paths (--base interp, the default). The latent
+  path reconstructs the whole window from a small latent: the likelihood of each observed
+  entry under it is the anomaly score. The entry head fills each missing entry from its
+  observed neighbours in time, the same tick's other channels and the latent path, never from
+  the entry itself. On Beijing (gapwatch bench imputation) it beats linear interpolation when
+  back-filled on every mask type and LOCF when causal, and it scores SKAB like the latent path
+  alone; it trains ~2x slower and infers ~3x slower than --base none (the latent path alone,
+  which also fills gaps, less well). --context K adds a blind-spot path to the latent decoder
+  (each tick decoded with help from K neighbours on each side, never from itself).
 
 examples:
   gapwatch train ../shared/data/skab/anomaly-free/anomaly-free.csv --out models
@@ -108,8 +107,8 @@ def _parser() -> argparse.ArgumentParser:
         "--base",
         choices=("none", "interp"),
         default=_env("base", d.base),
-        help="'interp': decode corrections to a blind interpolation of each entry's observed "
-        "neighbours plus the same tick's other channels (%(default)s)",
+        help="'interp': fill gaps with an entry head that corrects a blind interpolation of "
+        "each entry's observed neighbours; 'none': the latent path fills them (%(default)s)",
     )
     p.add_argument("--batch-size", type=int, default=_env("batch-size", str(d.batch_size)))
     p.add_argument("--lr", type=float, default=_env("lr", str(d.lr)), help="(%(default)s)")

@@ -5,7 +5,8 @@ bundle's tick grid):
 
 1. the first ``warmup`` rows are the file's own training/calibration data and are not scored;
 2. the VAE scores the tick grid causally with :func:`edge.scorer.score_series`, with a warm-up
-   covering those rows (threshold recalibrated on them, optionally ``rescale``); each row takes
+   covering those rows (threshold recalibrated on them, optionally ``rescale``; ``warmup_margin``
+   and ``rescale_scale_weight`` override the bundle's, see :mod:`edge.scorer`); each row takes
    the output of the tick it falls on;
 3. each baseline of :mod:`training.anomaly_baselines` is fitted and calibrated on the same
    warm-up rows and scores the rows causally;
@@ -140,6 +141,8 @@ class AnomalySetup:
 
     warmup: int = 400  # rows per file used for fitting/calibration and not scored
     rescale: tuple[bool, ...] = (False,)  # VAE variants: as trained, and/or rescaled per file
+    warmup_margin: float | None = None  # None: the bundle's (manifest extra.scoring)
+    rescale_scale_weight: float | None = None  # None: the bundle's (manifest extra.scoring)
     baselines: tuple[str, ...] = tuple(ANOMALY_BASELINES)
     calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
     nab_window_s: float = 60.0
@@ -247,6 +250,15 @@ class _Pool:
         )
 
 
+def _knobs(setup: AnomalySetup, rescale: bool) -> str:
+    parts = []
+    if setup.warmup_margin is not None:
+        parts.append(f"threshold margin {setup.warmup_margin:g}")
+    if rescale and setup.rescale_scale_weight is not None:
+        parts.append(f"scale weight {setup.rescale_scale_weight:g}")
+    return "".join(f", {p}" for p in parts)
+
+
 def evaluate_anomaly(
     files: Sequence[LabelledFile],
     model: ModelLike | None,
@@ -276,7 +288,8 @@ def evaluate_anomaly(
                 name,
                 True,
                 f"VAE {model.manifest.name}/{model.manifest.version}, causal, warm-up "
-                f"{setup.warmup} rows{', center/scale re-estimated on it' if r else ''}",
+                f"{setup.warmup} rows{', center/scale re-estimated on it' if r else ''}"
+                + _knobs(setup, r),
             )
             for name, r in variants.items()
         ]
@@ -304,6 +317,8 @@ def evaluate_anomaly(
                 warmup=int(f.row_tick[setup.warmup]),
                 rescale=rescale,
                 batch=setup.batch,
+                warmup_margin=setup.warmup_margin,
+                rescale_scale_weight=setup.rescale_scale_weight,
             )
             seconds[name] += tick() - t0
             per_file[name][f.name] = pools[name].add(
@@ -334,6 +349,8 @@ def evaluate_anomaly(
             "scored_rows": rows,
             "warmup_rows": setup.warmup,
             "rescale": list(setup.rescale),
+            "warmup_margin": setup.warmup_margin,
+            "rescale_scale_weight": setup.rescale_scale_weight,
             "baseline_calibration": vars(calib),
             "nab_window_s": setup.nab_window_s,
             "bundle": None if model is None else f"{model.manifest.name}/{model.manifest.version}",

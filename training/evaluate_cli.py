@@ -49,6 +49,8 @@ examples:
   gapwatch evaluate anomaly ../shared/data/skab/valve1 ../shared/data/skab/other \\
       --bundle models/skab
   gapwatch evaluate anomaly run3.csv --bundle models/skab --warmup 600 --rescale --markdown eval.md
+  gapwatch evaluate anomaly ../shared/data/skab/valve1 ../shared/data/skab/other \\
+      --bundle models/skab --rescale --rescale-scale-weight 0.8 --warmup-margin 0.5
 """
 
 
@@ -162,6 +164,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--rescale",
         action="store_true",
         help="the VAE re-estimates each file's channel center/scale on its warm-up rows",
+    )
+    _opt(
+        an,
+        "--rescale-scale-weight",
+        type=float,
+        help="with --rescale, scale = bundle_scale^(1-w) * warm-up_scale^w, w in [0, 1] "
+        "(default: the bundle's, else 1; gapwatch bench anomaly uses 0.8)",
+    )
+    _opt(
+        an,
+        "--warmup-margin",
+        type=float,
+        help="widen the VAE's warm-up threshold above the warm-up median by this factor "
+        "(default: the bundle's; gapwatch bench anomaly uses 0.5)",
     )
     _opt(
         an,
@@ -305,6 +321,10 @@ def _anomaly(args: argparse.Namespace) -> int:
     setup = AnomalySetup(
         warmup=args.warmup,
         rescale=(True,) if args.rescale else (False,),
+        warmup_margin=None if args.warmup_margin is None else float(args.warmup_margin),
+        rescale_scale_weight=(
+            None if args.rescale_scale_weight is None else float(args.rescale_scale_weight)
+        ),
         baselines=tuple(args.baselines),
         calibration=CalibrationSettings(
             warmup=args.warmup, ewma_alpha=args.ewma_alpha, target_rate=args.target_rate

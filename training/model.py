@@ -14,16 +14,19 @@ neighbours say), which a small latent cannot. Because no path copies an entry in
 reconstruction except through the bottleneck, the likelihood of an observed entry still
 measures how well the rest of the window explains it (the anomaly score).
 
-With ``base="interp"`` the decoded mean is a correction to a *blind* neighbour estimate
-computed inside the graph: per entry, linear interpolation between the channel's nearest
-observed values before and after it (carry-forward / back-fill when only one side exists,
-0 when neither), never the entry itself. A per-entry head sees that estimate, its distances
-and, through a channel-blind linear map, the same tick's other channels (their values and
-their deviation from their own estimate) -- so the newest tick's gaps are filled from the
-last values and what the rest of the device does now, not from a 16-number summary alone.
-A learned per-entry gate weighs the neighbour estimate against the latent's mean. Opt-in:
-it fills random gaps far better but, being a good one-step predictor, it also explains
-anomalies away (see ``gapwatch train --help``).
+With ``base="interp"`` the decoder has a second path, an *entry head*: per entry, a blind
+neighbour estimate computed inside the graph (linear interpolation between the channel's
+nearest observed values before and after it; carry-forward / back-fill when only one side
+exists; 0 when neither; never the entry itself), corrected by a small per-entry network that
+sees that estimate, its distances, how far those neighbours sat from the latent path's
+reconstruction at their own ticks, the latent path's output for the entry, and, through a
+channel-blind linear map, the same tick's other channels. The exported output takes
+*missing* entries from the entry head (the imputation: gaps are filled from the last values
+and what the rest of the device does now) and *observed* entries from the latent path (their
+likelihood is the anomaly score, which a one-step neighbour predictor would explain away).
+The exported graph runs the entry head at the two positions the edge reads only (the newest
+tick and the back-fill tick, :meth:`Decoder.restrict_entry_head`). Opt-in: it fills gaps far
+better and scores as the latent path does, but trains ~2x slower and infers ~3x slower.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["VAE", "VAEConfig", "gaussian_nll", "kl_divergence"]
+__all__ = ["VAE", "Sample", "VAEConfig", "gaussian_nll", "kl_divergence"]
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -115,33 +118,53 @@ class NeighbourBase(nn.Module):
         self.register_buffer("earlier", (pos[None, :] < pos[:, None]).float(), persistent=False)
         self.window = window
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(base [B, W, C], features [B, W, C, 4])``: has_prev, has_next, log1p distances."""
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor,
+        ref: torch.Tensor | None = None,
+        rows: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(base [B, T, C], features [B, T, C, F])``: has_prev, has_next, log1p distances,
+        for every tick (T = W) or for the ticks ``rows`` only.
+
+        With ``ref`` [B, W, C] (the latent path's mean), two more features: how far the
+        previous and the next observed value sat from ``ref`` at their own ticks (0 where
+        none) -- the local departure from the window-level reconstruction that a gap's
+        neighbours carry, to be carried into the gap.
+        """
         pos: torch.Tensor = self.pos  # type: ignore[assignment]
         earlier: torch.Tensor = self.earlier  # type: ignore[assignment]
+        if rows is not None:  # only these ticks t (the rest of the window is still read)
+            pos_t, earlier = pos[rows], earlier[rows]
+        else:
+            pos_t = pos
         w = float(self.window)
         s_pos = pos[None, None, :, None]  # [1, 1, S, 1]
         obs = mask[:, None, :, :]  # [B, 1, S, C]
         # last observed s < t (index + 1; 0 = none) and first observed s > t (w - s; 0 = none)
         prev1 = (obs * (s_pos + 1.0) * earlier[None, :, :, None]).amax(dim=2)  # [B, T, C]
-        later = earlier.transpose(0, 1)  # [T, S]: s > t
+        later = (pos[None, :] > pos_t[:, None]).float()  # [T, S]: s > t
         next1 = (obs * (w - s_pos) * later[None, :, :, None]).amax(dim=2)  # [B, T, C]
         has_prev = (prev1 > 0).float()
         has_next = (next1 > 0).float()
         prev_idx = prev1 - 1.0
         next_idx = w - next1
-        v_prev = torch.gather(x, 1, prev_idx.clamp(min=0).long()) * has_prev  # [B, T, C]
-        v_next = torch.gather(x, 1, next_idx.clamp(max=w - 1).long()) * has_next
-        t_pos = pos[None, :, None]
+        i_prev = prev_idx.clamp(min=0).long()
+        i_next = next_idx.clamp(max=w - 1).long()
+        v_prev = torch.gather(x, 1, i_prev) * has_prev  # [B, T, C]
+        v_next = torch.gather(x, 1, i_next) * has_next
+        t_pos = pos_t[None, :, None]
         d_prev = (t_pos - prev_idx) * has_prev  # 0 when none
         d_next = (next_idx - t_pos) * has_next
         both = has_prev * has_next
         interp = (d_next * v_prev + d_prev * v_next) / (d_prev + d_next).clamp(min=1.0)
         base = both * interp + (1 - both) * (has_prev * v_prev + has_next * v_next)
-        feats = torch.stack(
-            [has_prev, has_next, torch.log1p(d_prev), torch.log1p(d_next)], dim=-1
-        )  # [B, T, C, 4]
-        return base, feats
+        parts = [has_prev, has_next, torch.log1p(d_prev), torch.log1p(d_next)]
+        if ref is not None:
+            parts.append((v_prev - torch.gather(ref, 1, i_prev)) * has_prev)
+            parts.append((v_next - torch.gather(ref, 1, i_next)) * has_next)
+        return base, torch.stack(parts, dim=-1)  # [B, T, C, 4 or 6]
 
 
 class EntryHead(nn.Module):
@@ -156,8 +179,10 @@ class EntryHead(nn.Module):
         blind = 1.0 - torch.eye(c)  # [C_out, C_in]: never from the same channel
         blind_w = blind[:, None, None, :].expand(c, h, 3, c).reshape(c * h, 3 * c)
         self.register_buffer("blind", blind_w.contiguous(), persistent=False)
-        self.own = nn.Linear(7, h)  # base, 4 neighbour features, decoder mean/raw
-        self.out = nn.Sequential(nn.GELU(), nn.Linear(h, 3))  # mean, log-var, base gate
+        self.own = nn.Linear(9, h)  # base, 6 neighbour features, decoder mean/raw
+        self.out = nn.Sequential(
+            nn.GELU(), nn.Linear(h, h), nn.GELU(), nn.Linear(h, 3)
+        )  # mean, log-var, base gate
 
     def forward(
         self,
@@ -195,15 +220,23 @@ class Decoder(nn.Module):
                 nn.GELU(),
                 nn.Conv1d(width, 2 * cfg.channels, kernel_size=1),
             )
+        self.entry_rows: torch.Tensor | None = None  # see restrict_entry_head
+        self.entry_place: torch.Tensor | None = None
         if cfg.base == "interp":
             self.neighbours = NeighbourBase(cfg.window)
             self.entry = EntryHead(cfg)
         elif cfg.base != "none":
             raise ValueError(f"base must be 'none' or 'interp', got {cfg.base!r}")
 
-    def forward(
+    def paths(
         self, z: torch.Tensor, u: torch.Tensor, x: torch.Tensor, mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor] | None]:
+        """``((mean, logvar) of the latent path, (mean, logvar) of the entry head or None)``.
+
+        The latent path decodes every entry from z (plus the blind-spot context); the entry
+        head (``base="interp"``) decodes each entry blind to itself, from its neighbours, the
+        same tick's other channels and the latent path's output.
+        """
         cfg = self.cfg
         if cfg.context:
             g = self.body(z).unflatten(1, (cfg.window, cfg.context_width))  # [B, W, H]
@@ -212,11 +245,64 @@ class Decoder(nn.Module):
         else:
             out = self.body(z).unflatten(1, (cfg.window, 2 * cfg.channels))  # [B, W, 2C]
         mean, raw = out.chunk(2, dim=-1)  # [B, W, C], [B, W, C]
-        if cfg.base == "interp":
-            neighbours = self.neighbours(x, mask)  # [B, W, C], [B, W, C, 4]
-            mean, raw = self.entry(x, mask, neighbours, (mean, raw))
-        logvar = cfg.logvar_min + (cfg.logvar_max - cfg.logvar_min) * torch.sigmoid(raw)
-        return mean, logvar
+        latent = (mean, self._logvar(raw))
+        if cfg.base != "interp":
+            return latent, None
+        # The entry head reads the latent path but never trains it: the anomaly score (the
+        # latent path's likelihood) is the same as without the head.
+        ref, ref_raw = mean.detach(), raw.detach()
+        rows = self.entry_rows
+        if rows is None:
+            neighbours = self.neighbours(x, mask, ref)  # [B, W, C], [B, W, C, 6]
+            e_mean, e_raw = self.entry(x, mask, neighbours, (ref, ref_raw))
+            return latent, (e_mean, self._logvar(e_raw))
+        # Only the ticks the edge reads (newest, back-fill): [B, R, C], placed into the
+        # window over the latent path's output through a one-hot [R, W] matrix.
+        neighbours = self.neighbours(x, mask, ref, rows)
+        e_mean, e_raw = self.entry(
+            x[:, rows], mask[:, rows], neighbours, (ref[:, rows], ref_raw[:, rows])
+        )
+        place = self.entry_place
+        assert place is not None  # set together with entry_rows
+        e_logvar = self._logvar(e_raw)
+        full_mean = mean + torch.einsum("rw,brc->bwc", place, e_mean - mean[:, rows])
+        full_logvar = latent[1] + torch.einsum("rw,brc->bwc", place, e_logvar - latent[1][:, rows])
+        return latent, (full_mean, full_logvar)
+
+    def restrict_entry_head(self, positions: tuple[int, ...] | None) -> None:
+        """Run the entry head at these window positions only (None: all, as in training).
+
+        The edge reads two positions of the output (the newest tick, and the back-fill tick
+        ``backfill_delay`` back); elsewhere the exported graph then returns the latent path's
+        estimate, and inference costs a fraction of a whole-window entry head.
+        """
+        if positions is None:
+            self.entry_rows, self.entry_place = None, None
+            return
+        w = self.cfg.window
+        rows = sorted(set(positions))
+        if not rows or rows[0] < 0 or rows[-1] >= w:
+            raise ValueError(f"entry positions must lie in [0, {w}), got {positions}")
+        self.entry_rows = torch.tensor(rows, dtype=torch.long)
+        self.entry_place = nn.functional.one_hot(self.entry_rows, w).float()  # [R, W]
+
+    def _logvar(self, raw: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
+        return cfg.logvar_min + (cfg.logvar_max - cfg.logvar_min) * torch.sigmoid(raw)
+
+    def forward(
+        self, z: torch.Tensor, u: torch.Tensor, x: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The exported output: observed entries from the latent path (their likelihood is
+        the anomaly score), missing entries from the entry head when there is one (their mean
+        and σ are the imputation)."""
+        latent, entry = self.paths(z, u, x, mask)
+        if entry is None:
+            return latent
+        return (
+            mask * latent[0] + (1.0 - mask) * entry[0],
+            mask * latent[1] + (1.0 - mask) * entry[1],
+        )
 
 
 class VAE(nn.Module):
@@ -235,14 +321,25 @@ class VAE(nn.Module):
 
     def sample(
         self, x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Training pass with a reparameterised z: ``(mean, logvar, mu_z, logvar_z)``."""
+    ) -> Sample:
+        """Training pass with a reparameterised z: both decoder paths and q(z|x)."""
         u = torch.cat([x * mask, mask], dim=-1)  # [B, W, 2C]
         mu, logvar_z = self.encoder(u)  # [B, Z]
         eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype)
         z = mu + torch.exp(0.5 * logvar_z) * eps
-        mean, logvar = self.decoder(z, u, x * mask, mask)  # [B, W, C]
-        return mean, logvar, mu, logvar_z
+        latent, entry = self.decoder.paths(z, u, x * mask, mask)  # [B, W, C] each
+        return Sample(latent=latent, entry=entry, mu_z=mu, logvar_z=logvar_z)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One training pass: ``(mean, logvar)`` of the latent path and of the entry head (None
+    without ``base="interp"``), and the posterior ``(mu_z, logvar_z)``."""
+
+    latent: tuple[torch.Tensor, torch.Tensor]
+    entry: tuple[torch.Tensor, torch.Tensor] | None
+    mu_z: torch.Tensor
+    logvar_z: torch.Tensor
 
 
 def gaussian_nll(target: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

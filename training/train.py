@@ -7,7 +7,10 @@ ones artificially hidden from the encoder this step (``training.masks``)::
     loss = (sum w * nll + beta_t * KL) / count(obs)
 
 so the likelihood covers every observed entry, hidden ones included: the model learns to
-reconstruct what it cannot see. ``nll_beta > 0`` is β-NLL (Seitzer et al., 2022), which keeps
+reconstruct what it cannot see. With an entry head (``base="interp"``) the loss adds that
+head's NLL over the hidden entries only, normalised by their count: at inference the head
+fills gaps and nothing else (observed entries are scored on the latent path).
+``nll_beta > 0`` is β-NLL (Seitzer et al., 2022), which keeps
 a heteroscedastic model from buying a poor mean with a large variance. ``beta_t`` ramps from 0
 to ``beta`` over the first ``beta_warmup`` fraction of steps. Deterministic for a given
 ``seed`` (numpy Generator for batches and masks, a seeded torch Generator for z, deterministic
@@ -41,7 +44,11 @@ class TrainConfig:
     latent: int = 16
     depth: int = 2
     context: int = 0  # blind-spot context ticks on each side (0 = latent path only)
-    base: str = "none"  # "interp": decode corrections to a blind neighbour interpolation
+    base: str = "interp"  # entry head filling gaps from neighbours ("none": latent path only)
+    head_width: int = 16  # per-entry features of the "interp" entry head
+    # window positions the entry head is trained (and later run) at; None: every position.
+    # training.train_bundle sets the two the edge reads: the newest and the back-fill tick.
+    entry_rows: tuple[int, ...] | None = None
     epochs: int = 30
     batch_size: int = 128
     lr: float = 2e-3
@@ -64,6 +71,7 @@ class TrainConfig:
             depth=self.depth,
             context=self.context,
             base=self.base,
+            head_width=self.head_width,
         )
 
 
@@ -90,11 +98,28 @@ def train_vae(
         torch.use_deterministic_algorithms(deterministic_before)
 
 
+def _weighted_nll(
+    x: torch.Tensor, path: tuple[torch.Tensor, torch.Tensor], weight: torch.Tensor, nll_beta: float
+) -> torch.Tensor:
+    """Sum of ``weight`` x Gaussian NLL (β-NLL re-weighting when ``nll_beta`` > 0)."""
+    mean, logvar = path
+    if nll_beta:
+        weight = weight * torch.exp(nll_beta * logvar.detach())
+    return (gaussian_nll(x, mean, logvar) * weight).sum()
+
+
 def _train(windows: WindowSet, channels: int, cfg: TrainConfig, progress: bool) -> TrainResult:
     model = VAE(cfg.vae_config(channels))
+    if cfg.base == "interp" and cfg.entry_rows is not None:
+        model.decoder.restrict_entry_head(cfg.entry_rows)
+    rows = torch.zeros(1, cfg.window, 1)  # where the entry head's output is its own
+    rows[:, list(cfg.entry_rows) if cfg.entry_rows is not None else slice(None)] = 1.0
     rng = np.random.default_rng(cfg.seed)
     noise = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    head = [p for n, p in model.named_parameters() if n.startswith("decoder.entry.")]
+    ids = {id(p) for p in head}
+    param_groups = [[p for p in model.parameters() if id(p) not in ids], head]
     steps_per_epoch = max(1, math.ceil(len(windows) / cfg.batch_size))
     total = steps_per_epoch * cfg.epochs
     sched = torch.optim.lr_scheduler.OneCycleLR(
@@ -118,16 +143,22 @@ def _train(windows: WindowSet, channels: int, cfg: TrainConfig, progress: bool) 
             obs = torch.from_numpy(obs_np.astype(np.float32))
             hide = torch.from_numpy(hide_np.astype(np.float32))
             seen = obs * (1.0 - hide)
-            mean, logvar, mu_z, logvar_z = model.sample(x * seen, seen, noise)
+            out = model.sample(x * seen, seen, noise)
             weight = obs * (1.0 + (cfg.hidden_weight - 1.0) * hide)
-            if cfg.nll_beta:
-                weight = weight * torch.exp(cfg.nll_beta * logvar.detach())
-            recon = (gaussian_nll(x, mean, logvar) * weight).sum()
+            recon = _weighted_nll(x, out.latent, weight, cfg.nll_beta)
             beta = cfg.beta * min(1.0, step / ramp)
-            loss = (recon + beta * kl_divergence(mu_z, logvar_z).sum()) / obs.sum().clamp(min=1)
+            loss = (recon + beta * kl_divergence(out.mu_z, out.logvar_z).sum()) / obs.sum().clamp(
+                min=1
+            )
+            if out.entry is not None:  # the entry head only ever fills gaps: train it on them
+                fill = obs * hide * rows
+                loss = loss + _weighted_nll(x, out.entry, fill, cfg.nll_beta) / fill.sum().clamp(
+                    min=1
+                )
             opt.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            for group in param_groups:  # the entry head's gradients never rescale the VAE's
+                torch.nn.utils.clip_grad_norm_(group, 5.0)
             opt.step()
             sched.step()
             step += 1

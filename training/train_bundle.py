@@ -159,6 +159,9 @@ def train_bundle(
         min_observed=tc.min_observed,
     )
     log.info("train.start", extra={"bundle": f"{name}/{version}", "windows": len(windows)})
+    # The edge reads the newest tick and the back-fill tick of each window: the entry head is
+    # trained and exported for those two positions (training.model.Decoder.restrict_entry_head).
+    tc = replace(tc, entry_rows=(w - 1 - backfill, w - 1))
     result = train_vae(windows, len(series[0].channels), tc, progress=cfg.progress)
 
     pick = np.linspace(0, len(windows) - 1, num=min(256, len(windows))).astype(np.int64)

@@ -297,3 +297,34 @@ def test_shared_subscriptions_prefix_sensor_filters_only() -> None:
         extra_filters=["gapwatch/models/+"],
     )
     assert source._filters == ["$share/agents/sensors/+/+", "gapwatch/models/+"]
+
+
+def test_a_trickle_of_messages_is_gathered_into_one_journal_transaction(
+    tmp_path: Path, agent_bundle_factory: BundleFactory, agent_harness: AgentFactory
+) -> None:
+    agent_bundle_factory()
+    h = agent_harness(tmp_path, tmp_path / "bundles")
+    original_poll = h.source.poll
+    polls: list[int] = []
+
+    def trickle(max_messages: int, timeout_s: float) -> list[Any]:
+        got = original_poll(max_messages, timeout_s)
+        polls.append(len(got))
+        if len(polls) == 1:  # more arrive while the agent gathers
+            for k in range(1, 4):
+                h.publish("pump-1", k, FULL)
+        return got
+
+    h.source.poll = trickle  # type: ignore[method-assign]
+    journaled: list[int] = []
+    original_journal = h.spool.journal
+
+    def journal(messages: Any) -> list[int]:
+        journaled.append(len(messages))
+        return original_journal(messages)
+
+    h.spool.journal = journal  # type: ignore[method-assign]
+    h.publish("pump-1", 0, FULL)
+    assert h.agent.step(0) == 4
+    assert polls == [1, 3] and journaled == [4]  # one transaction, one ack for all four
+    assert len(h.source.acked) == 4

@@ -152,3 +152,49 @@ def test_any_payload_either_decodes_or_raises_payload_error(payload: bytes) -> N
             assert exc.reason
         else:
             assert all(math.isnan(v) or math.isfinite(v) for v in r.values.values())
+
+
+def _outcome(topic: str, payload: bytes) -> tuple[object, ...]:
+    try:
+        r = decode(topic, payload)
+    except PayloadError as exc:
+        return ("error", exc.reason)
+    return ("ok", r.site, r.device, r.ts_ms, json.dumps(r.values), r.rejected)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"ts": 1699999999000, "values": {"a": 1.5, "b": NaN, "c": -Infinity}}',
+        b'\xef\xbb\xbf{"ts": 1699999999000, "values": {"a": 1}}',  # byte order mark
+        b'{"ts": 1699999999000, "values": {"a": 123456789012345678901234567890}}',
+        b'{"ts": 1699999999000, "values": {"a": 1e400, "b": 1e-400, "c": -0.0}}',
+        b'{"ts": 1699999999000, "values": {"a": 1, "a": 2}}',  # duplicate key: the last wins
+        b'{"ts": 1699999999000, "values": {"\\ud800": 1, "b": 2}}',  # lone surrogate
+        b'{"ts": 1.699999999e12, "values": {"a": 18446744073709551616}}',
+        b'{"ts": 1699999999000, "values": {"a": 1}} trailing',
+        b'{"ts": 1699999999000, "values": {"a": 01}}',
+        b"\xff\xfe",
+        b"[" * 3000 + b"]" * 3000,
+        b'  {"ts": "2023-11-14T22:13:19.5Z", "values": {"a": true, "b": "1", "c": null}}\n',
+    ],
+)
+def test_orjson_fast_path_decodes_exactly_like_the_json_module(
+    payload: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import edge.decode
+
+    for topic in ("sensors/lab/pump", "sensors/lab/pump/a"):
+        fast = _outcome(topic, payload)
+        monkeypatch.setattr(edge.decode, "_fast_loads", None)  # the json module only
+        assert _outcome(topic, payload) == fast
+        monkeypatch.undo()
+
+
+def test_topic_matches_are_remembered_but_stay_correct() -> None:
+    t = TopicTemplate("sensors/{site}/{device}")
+    for _ in range(3):
+        assert t.match("sensors/lab/pump-1") == {"site": "lab", "device": "pump-1"}
+        assert t.match("other/lab/pump-1") is None
+    for k in range(5000):  # more topics than remembered: still right
+        assert t.match(f"sensors/s/d{k}") == {"site": "s", "device": f"d{k}"}

@@ -297,3 +297,96 @@ def test_rescaling_warmup_end_must_be_finished_before_the_next_prepare() -> None
     with pytest.raises(InputError, match="warm-up"):
         scorer.prepare(int(ts[2]), values[2])
     assert math.isfinite(scorer.threshold.on)
+
+
+class WobbleModel:
+    """A model whose mean and log-variance vary per entry (row-local: batching cannot matter)."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        self._manifest = manifest
+
+    @property
+    def manifest(self) -> Manifest:
+        return self._manifest
+
+    def run(self, x: NDArray[np.float32], mask: NDArray[np.float32]) -> tuple[Any, Any]:
+        mean = 0.8 * x * mask + 0.1 * np.sin(np.arange(x.shape[-1], dtype=np.float32))
+        logvar = 0.3 * np.cos(x * 1.7) - 0.2 * mask
+        return mean.astype(np.float32), logvar.astype(np.float32)
+
+
+def test_finish_batch_equals_finish_tick_by_tick_across_interleaved_devices() -> None:
+    from dataclasses import replace
+
+    from edge.scorer import finish_batch
+
+    channels = tuple(Channel(f"c{i}", "", 10.0 + i, 1.0 + 0.1 * i) for i in range(9))
+    manifest = replace(
+        make_manifest(max_gap_ticks=3, alpha=0.3, on=2.0, off=1.5), channels=channels
+    )
+    model = WobbleModel(manifest)
+    rng = np.random.default_rng(7)
+    n_dev, n_ticks = 3, 160
+    ts = T0 + TICK_MS * np.arange(n_ticks, dtype=np.int64)
+    series = []
+    for _ in range(n_dev):
+        v = 10.0 + rng.normal(0, 1.5, (n_ticks, len(channels)))
+        v[rng.random(v.shape) < 0.15] = np.nan
+        v[40:46] = np.nan  # silent longer than max_gap_ticks: offline ticks
+        v[90:93] += 9.0  # an anomaly, so top channels and alarms appear
+        series.append(v)
+    kw: dict[str, Any] = {"warmup_ticks": 30, "rescale": True}
+    one = [DeviceScorer(manifest, **kw) for _ in range(n_dev)]
+    many = [DeviceScorer(manifest, **kw) for _ in range(n_dev)]
+    ref: list[Any] = []
+    got: list[Any] = []
+    start = 0
+    for size in [1, 5, 24, 7, 30, 64, 64] * 3:
+        end = min(n_ticks, start + size)
+        if start < kw["warmup_ticks"] < end:
+            end = kw["warmup_ticks"]  # the warm-up's last tick closes its batch
+        if start >= end:
+            break
+        items = [(d, i) for i in range(start, end) for d in range(n_dev)]
+        inputs = [many[d].prepare(int(ts[i]), series[d][i]) for d, i in items]
+        for d, i in items:
+            x, mask = one[d].prepare(int(ts[i]), series[d][i])
+            mean, logvar = model.run(x[None], mask[None])
+            ref.extend(one[d].finish(mean[0], logvar[0], model.run))
+        mean, logvar = model.run(np.stack([x for x, _ in inputs]), np.stack([m for _, m in inputs]))
+        for outs in finish_batch(
+            [many[d] for d, _ in items], mean, logvar, [model.run] * len(items)
+        ):
+            got.extend(outs)
+        start = end
+    assert start == n_ticks
+    assert len(got) == len(ref)
+    assert any(o.revision == 1 for o in got) and any(o.top_channels for o in got)
+    assert any(o.anomaly for o in got) and any(not o.imputed.any() and o.score for o in got)
+    for a, b in zip(ref, got, strict=True):
+        assert (a.ts_ms, a.revision, a.score, a.smoothed, a.threshold) == (
+            b.ts_ms,
+            b.revision,
+            b.score,
+            b.smoothed,
+            b.threshold,
+        )
+        assert (a.anomaly, a.top_channels, a.warmup) == (b.anomaly, b.top_channels, b.warmup)
+        for field in ("values", "imputed", "sigma", "contributions"):
+            np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+        observed = ~np.isnan(b.contributions)
+        if b.score is not None:  # the score is the plain mean of the observed contributions
+            assert b.score == float(np.mean(b.contributions[observed]))
+
+
+def test_finish_batch_refuses_rows_without_a_prepared_tick() -> None:
+    from edge.scorer import finish_batch
+
+    manifest = make_manifest()
+    model = NeighbourModel(manifest)
+    scorer = DeviceScorer(manifest)
+    x, mask = scorer.prepare(T0, np.full(4, 10.0))
+    mean, logvar = model.run(np.stack([x, x]), np.stack([mask, mask]))
+    with pytest.raises(InputError, match="without a matching prepare"):
+        finish_batch([scorer, scorer], mean, logvar, [model.run, model.run])
+    assert len(finish_batch([scorer], mean[:1], logvar[:1], [model.run])[0]) == 1

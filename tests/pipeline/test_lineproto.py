@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge.schema import ScoredTick
-from pipeline.lineproto import LineEncoder, LineProtocolError, parse_line
+from pipeline.lineproto import LineEncoder, LineProtocolError, format_floats, parse_line
 
 
 def tick(**over: object) -> ScoredTick:
@@ -209,3 +210,74 @@ def test_fast_path_and_decode_path_agree(
         assert fast.lines == slow
     for line in slow.decode().rstrip("\n").split("\n"):
         parse_line(line)
+
+
+# InfluxDB's line-protocol float: optional sign, digits, optional fraction, optional exponent.
+_INFLUX_FLOAT = re.compile(rb"-?[0-9]+(\.[0-9]+)?(e[+-]?[0-9]+)?")
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.floats(allow_nan=False, allow_infinity=False, width=64), max_size=12))
+def test_floats_are_written_as_text_that_reads_back_exactly(numbers: list[float]) -> None:
+    texts = format_floats(numbers)
+    assert len(texts) == len(numbers)
+    for number, text in zip(numbers, texts, strict=True):
+        assert _INFLUX_FLOAT.fullmatch(text), text
+        assert float(text) == number
+        assert math.copysign(1.0, float(text)) == math.copysign(1.0, number)
+
+
+def test_tiny_and_huge_values_keep_their_exact_value() -> None:
+    values = {"a": 4.4e-05, "b": 1e16, "c": -0.0, "d": 5e-324, "e": 1.7976931348623157e308}
+    t = tick(values=values, imputed=(), sigma={})
+    fast = LineEncoder().encode_json(t.encode())
+    assert fast is not None
+    assert fast.lines == LineEncoder().encode(t)
+    fields = parse_line(fast.lines.decode()).fields
+    assert {k: fields[k] for k in values} == values
+
+
+def test_percent_signs_in_names_and_strings_are_written_as_they_are() -> None:
+    t = tick(
+        site="lab%d",
+        device="pump%s 3",
+        values={"Flow %": 1.5, "Pressure": 0.25},
+        imputed=("Flow %",),
+        sigma={"Flow %": 0.125},
+        model="m%%",
+        anomaly=True,
+    )
+    fast = LineEncoder().encode_json(t.encode())
+    assert fast is not None
+    assert fast.lines == LineEncoder().encode(t)
+    readings, alarm = (parse_line(x) for x in fast.lines.decode().rstrip("\n").split("\n"))
+    assert readings.tags == {"site": "lab%d", "device": "pump%s 3"}
+    assert readings.fields["Flow %"] == 1.5
+    assert readings.fields["Flow %_sigma"] == 0.125
+    assert readings.fields["model"] == "m%%"
+    assert alarm.tags == readings.tags
+    assert alarm.fields["active"] is True
+
+
+def test_an_imputed_channel_without_sigma_is_written_without_its_sigma_field() -> None:
+    data = tick(imputed=("Current", "Pressure"), sigma={"Current": 0.04}).to_dict()
+    raw = json.dumps(data).encode()
+    fast = LineEncoder().encode_json(raw)
+    assert fast is not None
+    assert fast.lines == LineEncoder().encode(ScoredTick.decode(raw))
+    fields = parse_line(fast.lines.decode()).fields
+    assert fields["Current_sigma"] == 0.04
+    assert "Pressure_sigma" not in fields
+    assert fields["Pressure_imputed"] is True
+
+
+def test_one_encoder_keeps_shapes_and_series_apart() -> None:
+    enc = LineEncoder()
+    a = tick(device="a", values={"Pressure": 1.0, "Current": 2.0}, imputed=(), sigma={})
+    b = tick(device="b", values={"Current": 2.0, "Pressure": 1.0}, imputed=(), sigma={})
+    c = tick(device="a", values={"Pressure": 1.0, "Current": 2.0}, imputed=("Current",))
+    for t in (a, b, c, a, b, c):
+        fast = enc.encode_json(t.encode())
+        assert fast is not None
+        assert fast.lines == LineEncoder().encode(t)
+        assert (fast.device, fast.points) == (t.device, 1)

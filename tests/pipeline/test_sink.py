@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import pytest
@@ -103,6 +104,55 @@ def test_batches_are_cut_by_size() -> None:
     r.run()
     assert r.influx.writes == 3
     assert [c[(TOPIC, 0)] for c in r.source.commits] == [4, 8, 10]
+
+
+def test_a_poll_spanning_several_batches_commits_each_batch_with_its_own_offsets() -> None:
+    r = rig(max_points=3)
+    r.source.add(tick(ts_ms=0).encode())  # offset 0: 1 point
+    r.source.add(b"{not json")  # 1: dead letter
+    r.source.add(tick(ts_ms=2, anomaly=True).encode())  # 2: 2 points, the batch is full
+    r.source.add(tick(ts_ms=3, revision=1).encode())  # 3: 2 points
+    r.source.add(tick(ts_ms=3, revision=0).encode())  # 4: stale
+    r.source.add(tick(ts_ms=5).encode())  # 5: 1 point, full again
+    r.source.add(tick(ts_ms=6).encode())  # 6: 1 point, written at stop
+    r.source.add(tick(ts_ms=7).encode(), partition=1)  # another partition, same poll
+    r.run()
+    assert r.source.polls >= 1
+    assert [dict(c) for c in r.source.commits] == [
+        {(TOPIC, 0): 3},
+        {(TOPIC, 0): 6},
+        {(TOPIC, 0): 7, (TOPIC, 1): 1},
+    ]
+    assert r.influx.writes == 3
+    st = r.sink.stats
+    assert (st.records, st.written, st.points, st.deadletters, st.stale) == (8, 6, 8, 1, 1)
+    assert r.metric("gapwatch_sink_records_total", outcome="written") == 6
+    assert r.metric("gapwatch_sink_pending_records") == 0
+
+
+def test_every_commit_covers_only_records_influx_already_holds() -> None:
+    r = rig(max_points=7)
+    n = 60
+    for i in range(n):
+        r.source.add(tick(ts_ms=i).encode(), partition=i % 3)
+    seen: list[tuple[dict[tuple[str, int], int], set[int]]] = []
+    commit = r.source.commit
+
+    def checked_commit(offsets: Mapping[tuple[str, int], int]) -> None:
+        seen.append((dict(offsets), {t for (_, t) in readings(r.influx)}))
+        commit(offsets)
+
+    r.source.commit = checked_commit  # type: ignore[method-assign]
+    r.run()
+    assert len(seen) == r.influx.writes > 3
+    committed: dict[tuple[str, int], int] = {}
+    for offsets, written in seen:
+        for (_, partition), offset in offsets.items():
+            assert offset >= committed.get((TOPIC, partition), 0)  # commits move forward only
+            committed[(TOPIC, partition)] = offset
+            # offset o of partition p holds the tick at ts_ms = 3 * o + p
+            assert {3 * o + partition for o in range(offset)} <= written
+    assert committed == {(TOPIC, 0): 20, (TOPIC, 1): 20, (TOPIC, 2): 20}
 
 
 def test_batches_are_cut_by_age() -> None:

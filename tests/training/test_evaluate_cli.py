@@ -200,6 +200,49 @@ def test_anomaly_metrics_are_on_rows_not_ticks(skab_small_bundle: Path, tmp_path
     assert report.results["flag_all"].far == 1.0
 
 
+class ClipModel(CenterModel):
+    """Reproduces every input within ±3 (z units) and nothing beyond, like a model that only
+    knows its training range: an entry scores above the floor only outside ±3."""
+
+    def run(self, x: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return np.clip(x, -3.0, 3.0) * mask, np.zeros_like(x)
+
+
+def test_rescale_scale_weight_reaches_the_vae(skab_small_bundle: Path, tmp_path: Path) -> None:
+    """Bundle scale 100 vs a warm-up spread of 1: only the warm-up's scale sees the 6 σ shift."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "run.csv"
+    _labelled_csv(path, rng)
+    model = ClipModel(_manifest(skab_small_bundle, np.zeros(2), np.full(2, 100.0)))
+    f = load_labelled(path, ("c0", "c1"), 1.0, _load_options())
+    found = {}
+    for weight in (0.0, 1.0):
+        setup = AnomalySetup(warmup=400, rescale=(True,), baselines=(), rescale_scale_weight=weight)
+        report = evaluate_anomaly([f], model, setup)
+        assert report.setup["rescale_scale_weight"] == weight
+        found[weight] = report.results["vae_rescaled"]
+    assert found[1.0].detected == 1 and found[1.0].mar < 0.05
+    assert found[0.0].detected == 0 and found[0.0].mar == 1.0
+
+
+def test_anomaly_cli_passes_the_warmup_rule(
+    skab_dir: Path, skab_small_bundle: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "a.json"
+    args = ["--bundle", str(skab_small_bundle), "--warmup", "300", "--no-progress", "--rescale"]
+    args += ["--baselines", "--rescale-scale-weight", "0.8", "--warmup-margin", "0.25"]
+    assert main(["anomaly", str(skab_dir / "other" / "1.csv"), *args, "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["setup"]["rescale_scale_weight"] == 0.8
+    assert report["setup"]["warmup_margin"] == 0.25
+    assert set(report["results"]) == {"vae_rescaled", "flag_all"}
+    assert "scale weight 0.8" in report["methods"][0]["summary"]
+    bad = main(
+        ["anomaly", str(skab_dir / "other" / "1.csv"), *args[:-4], "--rescale-scale-weight", "2"]
+    )
+    assert bad == 2
+
+
 def _load_options() -> Any:
     from training.data import LoadOptions
 

@@ -22,7 +22,9 @@ def test_shapes_and_bounded_logvar() -> None:
     assert mean.shape == logvar.shape == (5, 12, 3)
     assert logvar.min() >= cfg.logvar_min and logvar.max() <= cfg.logvar_max
     out = model.sample(x, torch.ones_like(x), torch.Generator().manual_seed(0))
-    assert [t.shape for t in out] == [(5, 12, 3), (5, 12, 3), (5, 4), (5, 4)]
+    assert [t.shape for t in out.latent] == [(5, 12, 3), (5, 12, 3)]
+    assert out.entry is None
+    assert out.mu_z.shape == out.logvar_z.shape == (5, 4)
 
 
 def test_masked_entries_do_not_reach_the_model() -> None:

@@ -50,15 +50,40 @@ def test_interp_decoder_never_sees_the_entry_it_decodes() -> None:
     x = torch.randn(2, 8, 3)
     mask = torch.ones_like(x)
     u = torch.cat([x, mask], dim=-1)
-    mean, logvar = model.decoder(z, u, x, mask)  # latent fixed: only the local paths vary
+    _, entry = model.decoder.paths(z, u, x, mask)  # latent fixed: only the local paths vary
+    assert entry is not None
+    mean, logvar = entry
     for t in range(8):
         for c in range(3):
             bumped = x.clone()
             bumped[:, t, c] += 100.0
-            mean2, logvar2 = model.decoder(z, u, bumped, mask)
+            _, entry2 = model.decoder.paths(z, u, bumped, mask)
+            assert entry2 is not None
+            mean2, logvar2 = entry2
             assert torch.equal(mean2[:, t, c], mean[:, t, c])
             assert torch.equal(logvar2[:, t, c], logvar[:, t, c])
             assert not torch.equal(mean2, mean)  # the neighbours and other channels do see it
+
+
+def test_interp_output_scores_observed_entries_on_the_latent_path() -> None:
+    """Observed entries come from the latent path (the anomaly score must not be explained
+    away by a neighbour), missing ones from the entry head (the imputation)."""
+    cfg = VAEConfig(window=8, channels=3, hidden=16, latent=2, base="interp")
+    model = VAE(cfg).eval()
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 8, 3, generator=gen)
+    mask = (torch.rand(2, 8, 3, generator=gen) > 0.3).float()
+    u = torch.cat([x * mask, mask], dim=-1)
+    z, _ = model.encoder(u)
+    latent, entry = model.decoder.paths(z, u, x * mask, mask)
+    assert entry is not None
+    mean, logvar = model(x, mask)
+    seen, gap = mask.bool(), ~mask.bool()
+    torch.testing.assert_close(mean[seen], latent[0][seen])
+    torch.testing.assert_close(logvar[seen], latent[1][seen])
+    torch.testing.assert_close(mean[gap], entry[0][gap])
+    torch.testing.assert_close(logvar[gap], entry[1][gap])
+    assert not torch.equal(latent[0][gap], entry[0][gap])
 
 
 def test_unknown_base_is_refused() -> None:
@@ -77,6 +102,7 @@ def test_interp_model_trains_and_exports_with_parity() -> None:
     result = train_vae(windows, 3, cfg, progress=False)
     assert result.epoch_losses[-1] < result.epoch_losses[0]
     x, obs = windows.gather(np.arange(0, len(windows), 20))
+    result.model.decoder.restrict_entry_head((11, 15))  # as training.train_bundle exports it
     exported = export_checked(result.model, x, obs.astype(np.float32))
     assert exported.max_abs_diff < 1e-3
 
@@ -84,10 +110,58 @@ def test_interp_model_trains_and_exports_with_parity() -> None:
 def test_train_cli_reads_base_from_flag_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
     from training.cli import _parser, config_from_args
 
-    args = _parser().parse_args(["data.csv", "--out", "m", "--base", "interp"])
-    assert config_from_args(args).train.base == "interp"
-    assert config_from_args(_parser().parse_args(["data.csv"])).train.base == "none"
-    monkeypatch.setenv("GAPWATCH_TRAIN_BASE", "interp")
+    args = _parser().parse_args(["data.csv", "--out", "m", "--base", "none"])
+    assert config_from_args(args).train.base == "none"
     assert config_from_args(_parser().parse_args(["data.csv"])).train.base == "interp"
+    monkeypatch.setenv("GAPWATCH_TRAIN_BASE", "none")
+    assert config_from_args(_parser().parse_args(["data.csv"])).train.base == "none"
     with pytest.raises(SystemExit):
         _parser().parse_args(["data.csv", "--base", "cubic"])
+
+
+def test_restricted_entry_head_matches_the_full_one_where_it_runs() -> None:
+    """Exported bundles run the entry head at the newest and back-fill ticks only: there the
+    output equals the whole-window head's, elsewhere it is the latent path's."""
+    cfg = VAEConfig(window=10, channels=3, hidden=16, latent=2, base="interp")
+    model = VAE(cfg).eval()
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(4, 10, 3, generator=gen)
+    mask = (torch.rand(4, 10, 3, generator=gen) > 0.4).float()
+    with torch.no_grad():
+        full_mean, full_logvar = model(x, mask)
+        model.decoder.restrict_entry_head((9, 6))
+        mean, logvar = model(x, mask)
+        u = torch.cat([x * mask, mask], dim=-1)
+        latent, _ = model.decoder.paths(model.encoder(u)[0], u, x * mask, mask)
+    for t in (6, 9):
+        torch.testing.assert_close(mean[:, t], full_mean[:, t])
+        torch.testing.assert_close(logvar[:, t], full_logvar[:, t])
+    other = [t for t in range(10) if t not in (6, 9)]
+    torch.testing.assert_close(mean[:, other], latent[0][:, other])
+    assert not torch.equal(mean[:, other], full_mean[:, other])
+    with pytest.raises(ValueError, match="positions"):
+        model.decoder.restrict_entry_head((10,))
+
+
+def test_entry_head_leaves_the_anomaly_path_as_it_would_be_without_it() -> None:
+    """Trained with the same seed, ``interp`` and ``none`` give the same latent path: the entry
+    head reads it but never trains it, so observed entries score exactly the same."""
+    rng = np.random.default_rng(2)
+    t = np.arange(300)
+    raw = np.stack([np.sin(t / 6.0), np.cos(t / 9.0)], axis=1) + 0.05 * rng.standard_normal(
+        (300, 2)
+    )
+    raw[rng.random(raw.shape) < 0.1] = np.nan
+    windows = make_windows([raw], np.zeros(2), np.ones(2), 12)
+    outputs = {}
+    for base in ("none", "interp"):
+        cfg = TrainConfig(window=12, hidden=16, latent=3, epochs=2, batch_size=32, base=base)
+        model = train_vae(windows, 2, cfg, progress=False).model
+        x, obs = windows.gather(np.arange(0, len(windows), 7))
+        mask = torch.from_numpy(obs.astype(np.float32))
+        with torch.no_grad():
+            outputs[base] = model(torch.from_numpy(x) * mask, mask)
+    seen = torch.from_numpy(obs)
+    for k in (0, 1):  # mean, logvar
+        torch.testing.assert_close(outputs["interp"][k][seen], outputs["none"][k][seen])
+    assert not torch.equal(outputs["interp"][0][~seen], outputs["none"][0][~seen])

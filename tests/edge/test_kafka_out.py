@@ -1,0 +1,42 @@
+"""KafkaSink's partitioner: the default murmur2 partition, with the hashes remembered."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kafka.partitioner.default import DefaultPartitioner
+
+from edge.kafka_out import _key_hash_cache
+
+
+class Cluster:
+    def __init__(self, partitions: dict[str, set[int]]) -> None:
+        self._p = partitions
+
+    def topics(self) -> set[str]:
+        return set(self._p)
+
+    def partitions_for_topic(self, topic: str) -> set[int] | None:
+        return self._p.get(topic)
+
+    def available_partitions_for_topic(self, topic: str) -> set[int]:
+        return self._p.get(topic, set())
+
+
+def test_cached_partitioner_picks_the_default_partition_for_every_key() -> None:
+    cached: Any = _key_hash_cache()
+    default = DefaultPartitioner()
+    for n in (1, 3, 12):
+        cluster = Cluster({"t": set(range(n))})
+        for k in range(300):
+            key = f"site-{k % 7}/device-{k}".encode()
+            for _ in range(2):  # the second time from the cache
+                want = default.partition("t", key, key, b"v", b"v", cluster)
+                assert cached.partition("t", key, key, b"v", b"v", cluster) == want
+    grown = Cluster({"t": set(range(5))})  # partitions added: the same hash, a new modulus
+    key = b"site-1/device-1"
+    assert cached.partition("t", key, key, None, None, grown) == default.partition(
+        "t", key, key, None, None, grown
+    )
+    keyless = cached.partition("t", None, None, b"v", b"v", grown)
+    assert keyless in range(5)

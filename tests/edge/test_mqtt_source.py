@@ -1,0 +1,104 @@
+"""MqttSource without a broker: the buffer between paho's thread and the agent, and acks."""
+
+from __future__ import annotations
+
+import struct
+import threading
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from edge.config import MqttConfig
+from edge.fakes import FakeClock
+from edge.mqtt_source import MqttSource, send_pubacks
+
+
+class AckClient:
+    """Records what paho would be asked to send."""
+
+    def __init__(self, *, with_queue: bool) -> None:
+        self.acks: list[tuple[int, int]] = []
+        self.queued: list[tuple[int, bytes, int, int]] = []
+        if with_queue:
+            self._packet_queue = self._queue
+
+    def ack(self, mid: int, qos: int) -> None:
+        self.acks.append((mid, qos))
+
+    def _queue(self, command: int, packet: bytes, mid: int, qos: int) -> None:
+        self.queued.append((command, packet, mid, qos))
+
+
+def source(queue_max: int = 100) -> MqttSource:
+    return MqttSource(MqttConfig(queue_max=queue_max), "cid", ["sensors/+/+"], FakeClock())
+
+
+def deliver(src: MqttSource, n: int, start: int = 1) -> None:
+    for mid in range(start, start + n):
+        msg = SimpleNamespace(topic="sensors/lab/p", payload=f"{mid}".encode(), mid=mid, qos=1)
+        src._on_message(None, None, msg)
+
+
+def test_pubacks_of_a_batch_go_out_as_one_buffer_of_mqtt_puback_packets() -> None:
+    client = AckClient(with_queue=True)
+    send_pubacks(client, [1, 2, 65535])
+    assert client.acks == []
+    [(command, packet, _, _)] = client.queued
+    assert command == 0x40
+    assert packet == b"".join(struct.pack("!BBH", 0x40, 2, m) for m in (1, 2, 65535))
+    plain = AckClient(with_queue=False)  # a paho without the internal queue: one ack each
+    send_pubacks(plain, [1, 2])
+    assert plain.acks == [(1, 1), (2, 1)]
+
+
+def test_ack_skips_messages_of_an_older_connection() -> None:
+    src = source()
+    client = AckClient(with_queue=True)
+    src._client = client
+    deliver(src, 3)
+    old = src.poll(10, 0)
+    src._generation += 1  # reconnected: the broker redelivers what was not acknowledged
+    deliver(src, 2, start=10)
+    src.ack([*old, *src.poll(10, 0)])
+    [(_, packet, _, _)] = client.queued
+    assert packet == b"".join(struct.pack("!BBH", 0x40, 2, m) for m in (10, 11))
+
+
+def test_poll_hands_out_messages_in_order_and_waits_for_the_first() -> None:
+    src = source()
+    assert src.poll(10, 0.01) == []
+    deliver(src, 5)
+    got = src.poll(3, 0)
+    assert [m.payload for m in got] == [b"1", b"2", b"3"]
+    assert [m.payload for m in src.poll(10, 0)] == [b"4", b"5"]
+    later = threading.Timer(0.05, deliver, (src, 1, 6))
+    later.start()
+    assert [m.payload for m in src.poll(10, 5.0)] == [b"6"]  # woken by the message
+    later.join()
+
+
+def test_a_full_buffer_blocks_the_network_thread_then_drops_unacknowledged(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import edge.mqtt_source
+
+    monkeypatch.setattr(edge.mqtt_source, "_ENQUEUE_WAIT_S", 0.05)
+    src = source(queue_max=2)
+    deliver(src, 3)  # the third waits 50 ms for room, then is dropped (the broker keeps it)
+    assert src.dropped == 1
+    result: list[Any] = []
+
+    def network_thread() -> None:
+        deliver(src, 1, start=4)
+        result.append(True)
+
+    monkeypatch.setattr(edge.mqtt_source, "_ENQUEUE_WAIT_S", 5.0)
+    t = threading.Thread(target=network_thread)
+    t.start()
+    t.join(0.1)
+    assert not result  # still waiting for room
+    assert [m.payload for m in src.poll(1, 0)] == [b"1"]
+    t.join(5.0)
+    assert result and src.dropped == 1
+    assert [m.payload for m in src.poll(10, 0)] == [b"2", b"4"]

@@ -60,6 +60,7 @@ class TrainSettings:
     window: int = 32
     hidden: int = 256
     latent: int = 16
+    base: str = "interp"  # training.train.TrainConfig.base: entry head fills gaps
     seed: int = 0
     false_alarm_rate: float = 0.01
 
@@ -165,6 +166,7 @@ def ensure_trained(
             window=settings.window,
             hidden=settings.hidden,
             latent=settings.latent,
+            base=settings.base,
             epochs=settings.epochs,
             seed=settings.seed,
         ),

@@ -203,7 +203,13 @@ class EntryHead(nn.Module):
         h = cross + self.own(own)  # [B, W, C, H]
         d_mean, d_raw, gate = self.out(h).unbind(dim=-1)  # [B, W, C] each
         g = torch.sigmoid(gate)  # how far to trust the neighbours vs the latent's mean
-        return g * base + (1.0 - g) * mean + d_mean, raw + d_raw
+        # A channel with no observation anywhere in the window (an outage longer than the
+        # window) has no neighbour to correct: the latent path's estimate stands.
+        local = (feats[..., 0] + feats[..., 1]).clamp(max=1.0)  # has_prev or has_next
+        return (
+            mean + local * (g * (base - mean) + d_mean),
+            raw + local * d_raw,
+        )
 
 
 class Decoder(nn.Module):

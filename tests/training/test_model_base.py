@@ -165,3 +165,23 @@ def test_entry_head_leaves_the_anomaly_path_as_it_would_be_without_it() -> None:
     for k in (0, 1):  # mean, logvar
         torch.testing.assert_close(outputs["interp"][k][seen], outputs["none"][k][seen])
     assert not torch.equal(outputs["interp"][0][~seen], outputs["none"][0][~seen])
+
+
+def test_a_channel_silent_for_the_whole_window_is_filled_by_the_latent_path() -> None:
+    """No neighbour to interpolate (an outage longer than the window): the entry head leaves
+    the latent path's estimate, instead of correcting a base of 0 it never trained on."""
+    cfg = VAEConfig(window=8, channels=3, hidden=16, latent=2, base="interp")
+    model = VAE(cfg).eval()
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 8, 3, generator=gen)
+    mask = torch.ones_like(x)
+    mask[:, :, 1] = 0.0  # channel 1 silent throughout
+    mask[:, 5:, 2] = 0.0  # channel 2 silent at the end only: it has neighbours before
+    u = torch.cat([x * mask, mask], dim=-1)
+    with torch.no_grad():
+        z, _ = model.encoder(u)
+        latent, entry = model.decoder.paths(z, u, x * mask, mask)
+    assert entry is not None
+    torch.testing.assert_close(entry[0][:, :, 1], latent[0][:, :, 1])
+    torch.testing.assert_close(entry[1][:, :, 1], latent[1][:, :, 1])
+    assert not torch.equal(entry[0][:, 5:, 2], latent[0][:, 5:, 2])

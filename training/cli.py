@@ -45,9 +45,10 @@ model:
   observed neighbours in time, the same tick's other channels and the latent path, never from
   the entry itself. On Beijing (gapwatch bench imputation) it beats linear interpolation when
   back-filled on every mask type and LOCF when causal, and it scores SKAB like the latent path
-  alone; it trains ~2x slower and infers ~3x slower than --base none (the latent path alone,
-  which also fills gaps, less well). --context K adds a blind-spot path to the latent decoder
-  (each tick decoded with help from K neighbours on each side, never from itself).
+  alone (exactly: the head never trains the latent path); it infers about 2x slower than
+  --base none (the latent path alone, which also fills gaps, less well). --context K adds a
+  blind-spot path to the latent decoder (each tick decoded with help from K neighbours on each
+  side, never from itself).
 
 examples:
   gapwatch train ../shared/data/skab/anomaly-free/anomaly-free.csv --out models

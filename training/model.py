@@ -26,7 +26,8 @@ and what the rest of the device does now) and *observed* entries from the latent
 likelihood is the anomaly score, which a one-step neighbour predictor would explain away).
 The exported graph runs the entry head at the two positions the edge reads only (the newest
 tick and the back-fill tick, :meth:`Decoder.restrict_entry_head`). Opt-in: it fills gaps far
-better and scores as the latent path does, but trains ~2x slower and infers ~3x slower.
+better and scores exactly as the latent path alone does (the head reads the latent path
+through a stop-gradient), at about twice the inference cost.
 """
 
 from __future__ import annotations

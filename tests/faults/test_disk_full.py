@@ -91,7 +91,10 @@ def test_disk_full_under_the_spool_pauses_intake_and_recovers(
     try:
         h.wait_until("every held message taken and the spool drained", drained, 180)
     except AssertionError as exc:
-        raise AssertionError(f"{exc}; agent counters: {seen}") from None
+        # The agent's own log says which side is stuck (forwarder retries, disk checks).
+        raise AssertionError(
+            f"{exc}; agent counters: {seen}\nagent log (tail):\n{agent.log_text(12000)}"
+        ) from None
     scored = h.read_topic(bootstrap, f"{agent.prefix}.scored", lambda v: False, 10)
     letters = h.read_topic(bootstrap, f"{agent.prefix}.deadletter", lambda v: False, 5)
     assert agent.stop() == 0, agent.log_text()

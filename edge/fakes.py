@@ -1,6 +1,7 @@
 """In-memory test doubles of the agent's ports (:mod:`edge.ports`), for unit tests and demos.
 
-They implement the same protocols as the real adapters and behave like them where it matters:
+They implement the same protocols as the real adapters and behave like them where it matters
+(:class:`CenterModel` is a :class:`edge.scorer.ModelLike` whose output is known):
 :class:`FakeSink` keeps records with their headers, can be "down" (sends raise
 TransportError), can fail deliveries, and answers :meth:`FakeSink.find_sent` from what it
 holds, like a broker would.
@@ -12,10 +13,14 @@ import queue
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+from numpy.typing import NDArray
+
+from edge.bundle import Manifest
 from edge.errors import TransportError
 from edge.ports import DeliveryCallback, InMessage
 
-__all__ = ["FakeClock", "FakeSink", "FakeSource", "SentRecord"]
+__all__ = ["CenterModel", "FakeClock", "FakeSink", "FakeSource", "SentRecord"]
 
 
 class FakeClock:
@@ -166,3 +171,20 @@ class FakeSink:
 
     def values(self, topic: str) -> list[bytes]:
         return [r.value for r in self.records if r.topic == topic]
+
+
+class CenterModel:
+    """Implements :class:`edge.scorer.ModelLike`: decodes every entry to the scaling center
+    (z = 0) with unit variance, so an observed entry scores z² / 2 (+ a constant)."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        self._manifest = manifest
+
+    @property
+    def manifest(self) -> Manifest:
+        return self._manifest
+
+    def run(
+        self, x: NDArray[np.float32], mask: NDArray[np.float32]
+    ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        return np.zeros_like(x), np.zeros_like(x)

@@ -22,26 +22,35 @@ __all__ = ["encode_scored", "scored_tick"]
 _isfinite = math.isfinite
 
 
-def scored_tick(
-    site: str, device: str, manifest: Manifest, out: TickOutput, received_ms: int | None
-) -> ScoredTick:
-    channels = manifest.channel_names
+def _channel_fields(
+    channels: tuple[str, ...], out: TickOutput
+) -> tuple[dict[str, float | None], list[str], dict[str, float]]:
+    """``values`` (None where not finite), ``imputed`` channel names and their ``sigma``."""
     flags = out.imputed.tolist()
     values = {
-        c: (v if math.isfinite(v) else None)
-        for c, v in zip(channels, out.values.tolist(), strict=True)
+        c: (v if _isfinite(v) else None) for c, v in zip(channels, out.values.tolist(), strict=True)
     }
+    if not any(flags):
+        return values, [], {}
+    imputed = [c for c, f in zip(channels, flags, strict=True) if f]
     sigma = {
         c: s
         for c, s, f in zip(channels, out.sigma.tolist(), flags, strict=True)
-        if f and math.isfinite(s)
+        if f and _isfinite(s)
     }
+    return values, imputed, sigma
+
+
+def scored_tick(
+    site: str, device: str, manifest: Manifest, out: TickOutput, received_ms: int | None
+) -> ScoredTick:
+    values, imputed, sigma = _channel_fields(manifest.channel_names, out)
     return ScoredTick(
         site=site,
         device=device,
         ts_ms=out.ts_ms,
         values=values,
-        imputed=tuple(c for c, f in zip(channels, flags, strict=True) if f),
+        imputed=tuple(imputed),
         sigma=sigma,
         score=out.score,
         smoothed=out.smoothed,
@@ -64,20 +73,7 @@ def encode_scored(
     site: str, device: str, manifest: Manifest, out: TickOutput, received_ms: int | None
 ) -> bytes:
     """``scored_tick(site, device, manifest, out, received_ms).encode()``, faster."""
-    channels = manifest.channel_names
-    flags = out.imputed.tolist()
-    values = {
-        c: (v if _isfinite(v) else None) for c, v in zip(channels, out.values.tolist(), strict=True)
-    }
-    if any(flags):
-        imputed = [c for c, f in zip(channels, flags, strict=True) if f]
-        sigma = {
-            c: s
-            for c, s, f in zip(channels, out.sigma.tolist(), flags, strict=True)
-            if f and _isfinite(s)
-        }
-    else:
-        imputed, sigma = [], {}
+    values, imputed, sigma = _channel_fields(manifest.channel_names, out)
     revision = int(out.revision)
     return encode_scored_dict(
         {

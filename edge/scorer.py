@@ -329,20 +329,6 @@ class DeviceScorer:
             self._warm_rows.append(row)
             self._warm_real.append(real)
 
-    def _nll(
-        self,
-        raw: NDArray[np.float64],
-        center: NDArray[np.float64],
-        scale: NDArray[np.float64],
-        mean: NDArray[np.float64],
-        logvar: NDArray[np.float64],
-    ) -> tuple[NDArray[np.bool_], NDArray[np.float64], NDArray[np.float64]]:
-        observed = ~np.isnan(raw)
-        z = np.where(observed, (raw - center) / scale, 0.0)
-        resid2 = (z - mean) ** 2 * np.exp(-logvar)
-        nll = np.where(observed, 0.5 * (LOG_2PI + logvar + resid2), np.nan)
-        return observed, nll, resid2
-
     def _finish_row(self, rows: _Rows, i: int, runner: Runner) -> list[TickOutput]:
         """The sequential part of ``finish`` for row ``i`` of a vectorised batch."""
         p = self._pending.popleft()
@@ -447,7 +433,7 @@ class DeviceScorer:
             mean, logvar = runner(x, mask)
             for k, i in enumerate(chunk):
                 raw = rows[i]
-                observed, nll, _ = self._nll(
+                observed, nll, _ = _entry_nll(
                     raw,
                     self.center,
                     self.scale,
@@ -517,6 +503,22 @@ def _top_channels(
     return out
 
 
+def _entry_nll(
+    raw: NDArray[np.float64],
+    center: NDArray[np.float64],
+    scale: NDArray[np.float64],
+    mean: NDArray[np.float64],
+    logvar: NDArray[np.float64],
+) -> tuple[NDArray[np.bool_], NDArray[np.float64], NDArray[np.float64]]:
+    """``(observed, nll, resid2)`` per entry of raw ticks ([C] or [B, C], NaN = missing) under
+    the model's scaled-unit Gaussian ``mean``/``logvar``; nll is NaN where not observed."""
+    observed = ~np.isnan(raw)
+    z = np.where(observed, (raw - center) / scale, 0.0)
+    resid2 = (z - mean) ** 2 * np.exp(-logvar)
+    nll = np.where(observed, 0.5 * (LOG_2PI + logvar + resid2), np.nan)
+    return observed, nll, resid2
+
+
 def finish_batch(
     scorers: Sequence[DeviceScorer],
     mean: NDArray[Any],
@@ -558,10 +560,7 @@ def finish_batch(
     scale = np.array([p.scale for p in pend])
     m_last = np.asarray(mean[:, -1], dtype=np.float64)
     lv_last = np.asarray(logvar[:, -1], dtype=np.float64)
-    observed = ~np.isnan(raw)
-    z = np.where(observed, (raw - center) / scale, 0.0)
-    resid2 = (z - m_last) ** 2 * np.exp(-lv_last)
-    nll = np.where(observed, 0.5 * (LOG_2PI + lv_last + resid2), np.nan)
+    observed, nll, resid2 = _entry_nll(raw, center, scale, m_last, lv_last)
     values = np.where(observed, raw, m_last * scale + center)
     imputed = ~observed
     sigma = np.where(observed, np.nan, np.exp(lv_last / 2.0) * scale)

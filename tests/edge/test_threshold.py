@@ -12,6 +12,7 @@ from numpy.typing import NDArray
 
 from edge.bundle import FORMAT_VERSION, INPUT_NAMES, OUTPUT_NAMES, Channel, Manifest, ThresholdSpec
 from edge.errors import InputError
+from edge.fakes import CenterModel
 from edge.scorer import DeviceScorer, fit_scaling, score_series
 from edge.threshold import alarm_series, calibrate, ewma, ewma_step, hysteresis_step
 
@@ -98,20 +99,6 @@ def _manifest(
     )
 
 
-class ZeroModel:
-    """Implements edge.scorer.ModelLike: decodes z = 0 with unit variance."""
-
-    def __init__(self, manifest: Manifest) -> None:
-        self._manifest = manifest
-
-    @property
-    def manifest(self) -> Manifest:
-        return self._manifest
-
-    def run(self, x: NDArray[np.float32], mask: NDArray[np.float32]) -> tuple[Any, Any]:
-        return np.zeros_like(x), np.zeros_like(x)
-
-
 def _ts(n: int) -> NDArray[np.int64]:
     return (np.arange(n, dtype=np.int64) + 1) * TICK_MS
 
@@ -128,7 +115,7 @@ def test_rescale_scale_weight_moves_the_scale_geometrically() -> None:
             rescale=True,
             rescale_scale_weight=weight,
         )
-        model = ZeroModel(scorer.manifest)
+        model = CenterModel(scorer.manifest)
         for t, row in zip(_ts(120), values, strict=True):
             x, mask = scorer.prepare(int(t), row)
             mean, logvar = model.run(x[None], mask[None])
@@ -144,8 +131,8 @@ def test_rescale_scale_weight_comes_from_the_bundle_and_is_checked() -> None:
     rng = np.random.default_rng(2)
     values = 5.0 + rng.normal(size=(80, 2))
     ts = _ts(80)
-    own = ZeroModel(_manifest(scale=10.0, extra={"scoring": {"rescale_scale_weight": 0.5}}))
-    plain = ZeroModel(_manifest(scale=10.0))
+    own = CenterModel(_manifest(scale=10.0, extra={"scoring": {"rescale_scale_weight": 0.5}}))
+    plain = CenterModel(_manifest(scale=10.0))
     from_bundle = score_series(own, values, ts, warmup=50, rescale=True)
     given = score_series(plain, values, ts, warmup=50, rescale=True, rescale_scale_weight=0.5)
     full = score_series(plain, values, ts, warmup=50, rescale=True)  # default: warm-up spread

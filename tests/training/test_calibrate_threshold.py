@@ -3,22 +3,20 @@ held-out ticks known to be normal: those before each series' first labelled anom
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 from numpy.typing import NDArray
 
 from edge.bundle import FORMAT_VERSION, INPUT_NAMES, OUTPUT_NAMES, Channel, Manifest, ThresholdSpec
+from edge.fakes import CenterModel
 from training.calibrate import Holdout, calibrate_threshold
 
 TICK_MS = 1000
 
 
-class ZeroModel:
-    """Implements edge.scorer.ModelLike: decodes z = 0 with unit variance (score ~ z² / 2)."""
-
-    def __init__(self) -> None:
-        self._manifest = Manifest(
+def _model() -> CenterModel:
+    """Decodes z = 0 with unit variance (score ~ z² / 2) over channels a, b."""
+    return CenterModel(
+        Manifest(
             format_version=FORMAT_VERSION,
             name="fake",
             version="1",
@@ -38,13 +36,7 @@ class ZeroModel:
             model_sha256="0" * 64,
             producer={},
         )
-
-    @property
-    def manifest(self) -> Manifest:
-        return self._manifest
-
-    def run(self, x: NDArray[np.float32], mask: NDArray[np.float32]) -> tuple[Any, Any]:
-        return np.zeros_like(x), np.zeros_like(x)
+    )
 
 
 def _part(values: NDArray[np.float64], start: int, anomalous: NDArray[np.bool_]) -> Holdout:
@@ -60,9 +52,9 @@ def test_threshold_ignores_what_follows_a_labelled_fault() -> None:
     fault[600:700] = True
     faulty[600:] += 20.0  # the fault, and a tail that never comes back but is labelled normal
     parts = [_part(clean, 800, np.zeros(1000, dtype=bool)), _part(faulty, 800, fault)]
-    spec, used = calibrate_threshold(ZeroModel(), parts, 0.01, alpha=0.1, context=16)
+    spec, used = calibrate_threshold(_model(), parts, 0.01, alpha=0.1, context=16)
     assert used.size == 200  # the clean part's held-out ticks only
     assert spec.on < 5.0  # z ~ N(0, 1): smoothed scores stay near 1.8; the tail scores ~200
     # a series whose held-out part lies wholly after its fault is the only data: used anyway
-    alone, used_alone = calibrate_threshold(ZeroModel(), parts[1:], 0.01, alpha=0.1, context=16)
+    alone, used_alone = calibrate_threshold(_model(), parts[1:], 0.01, alpha=0.1, context=16)
     assert used_alone.size == 200 and alone.on > 100.0

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from edge.bundle import Channel, Manifest
+from edge.fakes import CenterModel
 from training.data import Series
 from training.errors import DataError
 from training.evaluate import MASK_TYPES, ImputationSetup, evaluate_imputation, split_series
@@ -101,20 +102,6 @@ def test_unknown_anomaly_baseline(skab_dir: Path, capsys: pytest.CaptureFixture[
 
 
 # -- the evaluation core with a fake model whose output is known ------------------------------
-
-
-class CenterModel:
-    """Implements edge.scorer.ModelLike; decodes every entry to the scaling center (z = 0)."""
-
-    def __init__(self, manifest: Manifest) -> None:
-        self._manifest = manifest
-
-    @property
-    def manifest(self) -> Manifest:
-        return self._manifest
-
-    def run(self, x: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return np.zeros_like(x), np.zeros_like(x)
 
 
 def _manifest(bundle: Path, center: np.ndarray, scale: np.ndarray) -> Manifest:

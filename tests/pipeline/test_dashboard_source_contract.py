@@ -7,6 +7,8 @@ sink's encoder. Names that need quoting (quotes, spaces, commas, dots, markup) a
 
 from __future__ import annotations
 
+import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -68,6 +70,21 @@ def _influx(url: str, path: str, data: bytes) -> None:
         pass
 
 
+def _write_new_database(url: str, db: str, body: bytes) -> None:
+    """Write to a database just created: InfluxDB 1.x may answer 404 (database not found)
+    for a moment after CREATE DATABASE returned, so a 404 is retried for up to 5 s."""
+    path = f"/write?{urllib.parse.urlencode({'db': db, 'precision': 'ms'})}"
+    deadline = time.monotonic() + 5.0
+    while True:
+        try:
+            _influx(url, path, body)
+            return
+        except urllib.error.HTTPError as exc:
+            if exc.code != 404 or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 @pytest.fixture(params=["memory", pytest.param("influx", marks=pytest.mark.integration)])
 def source(request: pytest.FixtureRequest) -> Iterator[ReadingsSource]:
     if request.param == "memory":
@@ -79,7 +96,7 @@ def source(request: pytest.FixtureRequest) -> Iterator[ReadingsSource]:
     db: str = request.getfixturevalue("unique_name")
     _influx(url, "/query", urllib.parse.urlencode({"q": f'CREATE DATABASE "{db}"'}).encode())
     try:
-        _influx(url, f"/write?{urllib.parse.urlencode({'db': db, 'precision': 'ms'})}", lines())
+        _write_new_database(url, db, lines())
         yield InfluxSource(url, db)
     finally:
         _influx(url, "/query", urllib.parse.urlencode({"q": f'DROP DATABASE "{db}"'}).encode())

@@ -3,7 +3,8 @@
 Builds the config, logging, metrics, spool, adapters and the agent, replays the journal left by
 a crash, then runs until SIGTERM/SIGINT: stop reading MQTT, finish the open ticks, spool them,
 and give Kafka up to ``shutdown_timeout_s`` to take the spool (what is left stays on disk for the
-next start).
+next start). SIGHUP re-reads the config and restarts in place (:mod:`edge.service`); under
+systemd ``Type=notify`` it reports READY and pings the watchdog (:mod:`edge.sdnotify`).
 """
 
 from __future__ import annotations
@@ -17,11 +18,14 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge.config import ENV_PREFIX, AgentConfig, load_config
 from edge.errors import BundleError, ConfigError, EdgeError, TransportError
+from edge.lograte import RepeatFilter
+
+if TYPE_CHECKING:
+    from edge.service import ServiceControl
 
 log = logging.getLogger("edge.agent_cli")
 
@@ -33,7 +37,12 @@ configuration:
   {ENV_PREFIX}<SECTION>__<KEY> (e.g. {ENV_PREFIX}MQTT__HOST=broker.lan,
   {ENV_PREFIX}KAFKA__BOOTSTRAP=k1:9092,k2:9092) or by --set section.key=value.
   Values are read as TOML when they parse (1884, true, ["a","b"]) and as text otherwise.
-  A commented example: deploy/edge/agent.toml.
+  A commented example: `gapwatch agent --sample-config` (deploy/edge/agent.toml).
+
+signals:
+  SIGTERM/SIGINT stop cleanly; SIGHUP re-reads the config and restarts in place (a bad new
+  config is refused and the old one keeps running); SIGUSR1 dumps every thread's stack.
+  Under systemd Type=notify the agent sends READY=1 and WATCHDOG=1 (WatchdogSec=).
 
 examples:
   gapwatch agent --config /etc/gapwatch/agent.toml --check   # validate config and bundles
@@ -84,6 +93,7 @@ def setup_logging(fmt: str, level: str) -> None:
     formatter: logging.Formatter = _JsonFormatter() if fmt == "json" else _KeyValueFormatter()
     formatter.converter = time.gmtime
     handler.setFormatter(formatter)
+    handler.addFilter(RepeatFilter())  # the same warning at most once per 10 s, with a count
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -114,6 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="override one config value (repeatable), e.g. --set kafka.bootstrap=host:9092",
     )
     p.add_argument("--check", action="store_true", help="validate config and bundles, then exit")
+    p.add_argument(
+        "--sample-config",
+        action="store_true",
+        help="print the commented example config (every key, its default and meaning) and exit",
+    )
     p.add_argument("--log-format", choices=["kv", "json"], help="override log_format")
     p.add_argument("--log-level", help="override log_level (DEBUG, INFO, WARNING, ERROR)")
     return p
@@ -121,6 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    if args.sample_config:
+        from importlib.resources import files
+
+        sys.stdout.write(files("edge").joinpath("agent.sample.toml").read_text(encoding="utf-8"))
+        return 0
     sets = list(args.set)
     if args.log_format:
         sets.append(f'log_format="{args.log_format}"')
@@ -134,8 +154,16 @@ def main(argv: list[str]) -> int:
     setup_logging(config.log_format, config.log_level)
     if args.check:
         return _check(config)
+    from edge.service import ServiceControl
+
+    def on_config(new: AgentConfig) -> None:
+        setup_logging(new.log_format, new.log_level)
+
+    control = ServiceControl(
+        lambda: load_config(args.config, os.environ, sets), on_config=on_config
+    )
     try:
-        return _run(config)
+        return control.serve(config, _run)
     except (BundleError, ConfigError) as exc:
         log.error("agent.cannot_start", extra={"error": str(exc)})
         return 2
@@ -178,7 +206,7 @@ def _check(config: AgentConfig) -> int:
     return 0
 
 
-def _run(config: AgentConfig) -> int:
+def _run(config: AgentConfig, control: ServiceControl) -> int:
     from prometheus_client import CollectorRegistry
 
     from edge.agent import Agent
@@ -243,15 +271,8 @@ def _run(config: AgentConfig) -> int:
         server = MetricsServer(registry, config.metrics.host, config.metrics.port, agent.health)
         server.start()
 
-    stop = threading.Event()
+    stop = control.stop
     forward_stop = threading.Event()
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("agent.signal", extra={"signal": signal.Signals(signum).name})
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1: dump every stack
     thread = threading.Thread(
         target=forwarder.run,
@@ -272,11 +293,18 @@ def _run(config: AgentConfig) -> int:
     try:
         agent.recover()
         source.start()
+        alive_s = 30.0
+
+        def alive() -> bool:
+            return clock.monotonic() - agent.heartbeat < alive_s
+
+        control.started(alive, status=f"mqtt {config.mqtt.host}:{config.mqtt.port}")
         agent.run(stop)
     except TransportError as exc:
         log.error("agent.transport_failed", extra={"error": str(exc)})
         code = 1
     finally:
+        control.stopping()
         forward_stop.set()
         thread.join(config.shutdown_timeout_s + 5.0)
         sink.close()

@@ -81,6 +81,8 @@ class MqttConfig:
     max_payload_bytes: int = 65536
     announce_topic: str = ""  # retained model announcements, e.g. "gapwatch/models/+"
     queue_max: int = 20000  # messages buffered between the network thread and the loop
+    # retained "online" while connected, "offline" on a clean stop and as the last will; "" = off
+    status_topic: str = "gapwatch/agents/{client_id}/status"
 
 
 @dataclass(frozen=True)
@@ -338,6 +340,10 @@ def _check(c: AgentConfig) -> list[str]:
     )
     need(c.mqtt.qos in {0, 1}, f"mqtt.qos {c.mqtt.qos}: use 1 (at least once) or 0")
     need(c.mqtt.keepalive_s >= 5, f"mqtt.keepalive_s {c.mqtt.keepalive_s} must be >= 5")
+    need(
+        not any(ch in c.mqtt.status_topic for ch in "+#"),
+        f"mqtt.status_topic {c.mqtt.status_topic!r}: a topic name, not a filter (no + or #)",
+    )
     need(bool(c.mqtt.topics), "mqtt.topics is empty: add at least 'sensors/{site}/{device}'")
     for i, t in enumerate(c.mqtt.topics):
         need("{device}" in t, f"mqtt.topics[{i}] {t!r} needs a {{device}} field")

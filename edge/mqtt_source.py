@@ -8,6 +8,8 @@
   it journaled the message to disk, so a crash never loses an acknowledged message.
 * Reconnect with exponential backoff (paho's ``reconnect_delay_set``), resubscribe on every
   connect; :attr:`disconnected_for_s` feeds the agent's watchdog.
+* A retained status topic (``mqtt.status_topic``): "online" on every connect, "offline" on a
+  clean stop and, as the broker's last will, when the agent dies or loses its connection.
 * TLS and username/password; shared subscriptions (``$share/<group>/<filter>``) for agents
   that split one stream.
 
@@ -37,6 +39,9 @@ log = logging.getLogger(__name__)
 _ENQUEUE_WAIT_S = 5.0
 _PUBACK = struct.Struct("!BBH")  # fixed header 0x40, remaining length 2, packet id
 _PUBACK_TYPE = 0x40
+_STATUS_WAIT_S = 2.0
+ONLINE = b"online"
+OFFLINE = b"offline"
 
 
 def send_pubacks(client: Any, mids: Sequence[int]) -> None:
@@ -83,6 +88,7 @@ class MqttSource:
         self._lock = threading.Lock()
         self._client: Any = None
         self.dropped = 0
+        self.status_topic = config.status_topic.replace("{client_id}", client_id)
 
     # -- MessageSource ---------------------------------------------------------------------
 
@@ -106,6 +112,8 @@ class MqttSource:
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
         client.reconnect_delay_set(c.reconnect_min_s, c.reconnect_max_s)
+        if self.status_topic:
+            client.will_set(self.status_topic, OFFLINE, qos=1, retain=True)
         password = c.password
         if c.password_file:
             try:
@@ -199,10 +207,20 @@ class MqttSource:
         if client is None:
             return
         try:
+            if self.status_topic and self._connected:
+                self._publish_offline(client)
             client.disconnect()
         finally:
             client.loop_stop()
         log.info("mqtt.stopped", extra={"dropped": self.dropped})
+
+    def _publish_offline(self, client: Any) -> None:
+        """Retained "offline" before a clean disconnect (which, by design, sends no will)."""
+        try:
+            info = client.publish(self.status_topic, OFFLINE, qos=1, retain=True)
+            info.wait_for_publish(_STATUS_WAIT_S)
+        except (RuntimeError, ValueError) as exc:
+            log.warning("mqtt.status_not_sent", extra={"error": str(exc)})
 
     # -- paho callbacks (network thread) ---------------------------------------------------
 
@@ -220,6 +238,8 @@ class MqttSource:
         qos = self._config.qos
         if self._filters:
             client.subscribe([(f, qos) for f in self._filters])
+        if self.status_topic:
+            client.publish(self.status_topic, ONLINE, qos=1, retain=True)
         log.info(
             "mqtt.connected",
             extra={

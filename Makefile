@@ -11,7 +11,7 @@ STACK := deploy/local/stack
 # Python sources we lint; tests are linted by ruff, type-checked paths come from pyproject.
 PY_SRC := gapwatch edge training pipeline tests deploy
 
-.PHONY: help venv lint format test stack-up stack-down stack-status demo demo-down clean
+.PHONY: help venv lint format test stack-up stack-down stack-status demo demo-down clean edge-tarball
 
 help:
 	@echo "make venv        create .venv and install gapwatch[all] (re-runs when pyproject.toml changes)"
@@ -22,6 +22,7 @@ help:
 	@echo "make stack-down  deploy/local/stack down"
 	@echo "make demo        the end-to-end demo: train, replay SKAB over MQTT, print the summary"
 	@echo "make demo-down   stop what make demo started (agent, sink, dashboard, the stack)"
+	@echo "make edge-tarball  dist/gapwatch-edge-<version>-linux-{aarch64,x86_64}.tar.gz (offline installer)"
 
 venv: $(STAMP)
 
@@ -78,6 +79,12 @@ demo-down:
 	@if [ -f "$(DEMO_STATE)/stack-started-by-demo" ]; then \
 	  $(STACK) down && rm -f "$(DEMO_STATE)/stack-started-by-demo"; \
 	else echo "demo-down: the stack was running before make demo; left it up"; fi
+
+# The offline installer of the edge agent (docs/edge.md "Offline install"): downloads the cp311
+# wheelhouse once (PyPI), then install.sh on the gateway needs no network. EDGE_ARCHS picks.
+EDGE_ARCHS ?= aarch64 x86_64
+edge-tarball: venv
+	PYTHON=$(BIN)/python deploy/edge/build-offline $(EDGE_ARCHS)
 
 clean:
 	rm -rf .mypy_cache .ruff_cache .pytest_cache build dist *.egg-info

@@ -4,7 +4,9 @@ A broker that is down, a full disk or a sensor sending garbage can produce the s
 hundreds of times a second; on a gateway that fills the journal (and the SD card under it).
 :class:`RepeatFilter` lets the first line of each kind through, drops the repeats within
 ``window_s`` and counts them: the next line of that kind that passes carries
-``suppressed=<count>``. A "kind" is the logger, the level and the event name (the message).
+``suppressed=<count>``. A "kind" is the logger, the level, the event name (the message) and
+the subject the line names (its ``path``, ``model``, ``device`` or ``topic`` field), so a
+refused bundle version never hides the refusal of the next one.
 Lines below WARNING, and lines that already carry their own ``suppressed`` count (the agent's
 ``agent.bad_input``, limited per reason), are never touched.
 """
@@ -18,6 +20,8 @@ from collections.abc import Callable
 
 __all__ = ["RepeatFilter"]
 
+SUBJECT_FIELDS = ("path", "model", "device", "topic")
+
 
 class RepeatFilter(logging.Filter):
     """Drop repeats of the same warning/error within ``window_s``; count what was dropped."""
@@ -26,14 +30,16 @@ class RepeatFilter(logging.Filter):
         super().__init__()
         self.window_s = window_s
         self._clock = clock
-        self._seen: dict[tuple[str, int, str], tuple[float, int]] = {}
+        self._seen: dict[tuple[object, ...], tuple[float, int]] = {}
         self._lock = threading.Lock()
         self.dropped = 0
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING or "suppressed" in vars(record):
             return True
-        key = (record.name, record.levelno, str(record.msg))
+        fields = vars(record)
+        subject = tuple(str(fields.get(f, "")) for f in SUBJECT_FIELDS)
+        key = (record.name, record.levelno, str(record.msg), *subject)
         now = self._clock()
         with self._lock:
             last, count = self._seen.get(key, (-float("inf"), 0))

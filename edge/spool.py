@@ -30,6 +30,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 RESUME_FRACTION = 0.9
+DROP_REPORT_S = 10.0  # at most one spool.dropped_oldest line per this many seconds
 
 
 def _failure(what: str, exc: sqlite3.Error) -> SpoolError:
@@ -178,6 +180,8 @@ class Spool:
             raise SpoolError(f"spool {self.path} is unusable: {exc}") from exc
         self._counters = _Counters(int(n), int(size))
         self._paused = False
+        self._unreported = (0, 0, 0)  # records, bytes, commits dropped since the last log line
+        self._reported_at = -float("inf")
 
     # -- writer ------------------------------------------------------------------------------
 
@@ -244,8 +248,27 @@ class Spool:
             raise _failure(f"cannot spool {len(rows)} records", exc) from exc
         self._counters.add(len(rows) - dropped, added - dropped_bytes)
         if dropped:
-            log.warning("spool.dropped_oldest", extra={"records": dropped, "bytes": dropped_bytes})
+            n, b, c = self._unreported
+            self._unreported = (n + dropped, b + dropped_bytes, c + 1)
+            if time.monotonic() - self._reported_at >= DROP_REPORT_S:
+                self._report_drops()
         return dropped
+
+    def _report_drops(self) -> None:
+        """Log what drop_oldest deleted since the last line: every record is counted once.
+
+        One line per :data:`DROP_REPORT_S` (and one at close), each with the exact totals it
+        covers, so the journal stays small while the sum over ``records`` equals the metric.
+        """
+        n, b, c = self._unreported
+        if not n:
+            return
+        self._unreported = (0, 0, 0)
+        self._reported_at = time.monotonic()
+        log.warning(
+            "spool.dropped_oldest",
+            extra={"records": n, "bytes": b, "commits": c, "suppressed": c - 1},
+        )
 
     def _drop_oldest(self, new_records: int, new_bytes: int) -> tuple[int, int]:
         with self._counters.lock:
@@ -356,6 +379,7 @@ class Spool:
         return OutboxReader(self.path, self.synchronous, self._counters)
 
     def close(self) -> None:
+        self._report_drops()
         self._conn.close()
 
     def _rollback(self) -> None:

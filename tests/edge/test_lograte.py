@@ -67,3 +67,13 @@ def test_through_a_real_logger() -> None:
         logger.removeHandler(handler)
         logger.propagate = True
     assert [r.levelno for r in seen] == [logging.WARNING, logging.ERROR]
+
+
+def test_lines_about_different_subjects_are_different_kinds() -> None:
+    clock = _Clock()
+    f = RepeatFilter(window_s=10.0, clock=clock)
+    assert f.filter(_record("reload.refused", logging.ERROR, path="/b/skab/2"))
+    clock.t += 1.0
+    assert f.filter(_record("reload.refused", logging.ERROR, path="/b/skab/3"))
+    assert not f.filter(_record("reload.refused", logging.ERROR, path="/b/skab/3"))
+    assert f.dropped == 1

@@ -92,6 +92,19 @@ def test_drop_oldest_policy_drops_and_counts(tmp_path: Path) -> None:
     assert not spool.full
 
 
+def test_drop_oldest_log_lines_add_up_to_every_dropped_record(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    spool = Spool(tmp_path / "s.sqlite", max_records=10, when_full="drop_oldest")
+    caplog.set_level("WARNING", logger="edge.spool")
+    dropped = sum(spool.commit([rec(i)]) for i in range(60))
+    spool.close()
+    lines = [r for r in caplog.records if r.getMessage() == "spool.dropped_oldest"]
+    assert dropped == 50
+    assert len(lines) < 5  # one line per report interval, not one per commit
+    assert sum(int(vars(r)["records"]) for r in lines) == dropped
+
+
 def test_a_bad_policy_and_an_unusable_file_are_spool_errors(tmp_path: Path) -> None:
     with pytest.raises(SpoolError, match="when_full"):
         Spool(tmp_path / "s.sqlite", when_full="explode")

@@ -1,5 +1,6 @@
-"""``python -m edge``: the same commands as ``gapwatch``, limited to this package."""
+"""``python -m edge``: this package's commands (``gapwatch`` has them all)."""
 
-from gapwatch.cli import main
+from edge.cli import COMMANDS
+from edge.cli.dispatch import dispatch
 
-raise SystemExit(main())
+raise SystemExit(dispatch("python -m edge", COMMANDS))

@@ -1,5 +1,6 @@
-"""``python -m pipeline``: the same commands as ``gapwatch``, limited to this package."""
+"""``python -m pipeline``: this package's commands (``gapwatch`` has them all)."""
 
-from gapwatch.cli import main
+from edge.cli.dispatch import dispatch
+from pipeline.cli import COMMANDS
 
-raise SystemExit(main())
+raise SystemExit(dispatch("python -m pipeline", COMMANDS))

@@ -1,6 +1,6 @@
 """The sink's consume loop: scored ticks from a record source into InfluxDB, at least once.
 
-Ports (the Kafka and InfluxDB adapters live in ``sink_cli`` and ``influx``):
+Ports (the Kafka and InfluxDB adapters live in ``pipeline.cli.sink`` and ``influx``):
 :class:`RecordSource` (poll, commit), :class:`PointWriter` (``influx.InfluxPort.write``),
 :class:`DeadLetterPort`, :class:`Clock`.
 
@@ -26,7 +26,7 @@ Guarantees:
   InfluxDB gets the next batch as soon as it answers. Records take
   :meth:`~pipeline.lineproto.LineEncoder.encode_json` (one JSON parse, cached templates)
   unless they need the schema's own decoder. A process running the sink should call
-  :func:`pipeline.sink_cli.tune_interpreter` (garbage collector, GIL switch interval).
+  :func:`pipeline.cli.sink.tune_interpreter` (garbage collector, GIL switch interval).
 """
 
 from __future__ import annotations

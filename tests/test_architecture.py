@@ -20,10 +20,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Modules whose import must not happen, and modules that are allowed to pull them in lazily.
 FORBIDDEN = {
-    "edge": ("torch", "training", "pipeline"),
-    "pipeline": ("torch", "training"),
+    "edge": ("torch", "training", "pipeline", "gapwatch"),
+    "pipeline": ("torch", "training", "gapwatch"),
+    "training": ("gapwatch",),
 }
-LAZY_ALLOWED = {"pipeline.retrain", "pipeline.retrain_cli"}
+LAZY_ALLOWED = {"pipeline.retrain", "pipeline.cli.retrain"}
 
 
 def modules_of(package: str) -> list[str]:
@@ -68,3 +69,23 @@ def test_package_import_stays_light(package: str) -> None:
 def test_module_discovery_sees_the_packages() -> None:
     assert "edge.errors" in modules_of("edge")
     assert "pipeline.errors" in modules_of("pipeline")
+
+
+def test_runtime_packages_hold_no_benchmark_or_demo_code() -> None:
+    """Benchmarks and the demo live in the app package (gapwatch.bench, gapwatch.demo)."""
+    misplaced = [
+        name
+        for package in ("edge", "pipeline", "training")
+        for name in modules_of(package)
+        if any(part.startswith(("bench", "demo")) for part in name.split(".")[1:])
+    ]
+    assert misplaced == []
+
+
+def test_entry_points_live_in_each_package_cli_folder() -> None:
+    from gapwatch.cli import SUBCOMMANDS
+
+    for name, sub in SUBCOMMANDS.items():
+        package = sub.module.split(".")[0]
+        if package in {"edge", "pipeline", "training"} and sub.module != "edge.simulate":
+            assert sub.module.startswith(f"{package}.cli."), f"{name}: {sub.module}"

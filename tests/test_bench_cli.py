@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gapwatch import bench_cli
+from gapwatch.bench import cli as bench_cli
 
 DATA = Path(
     os.environ.get("GAPWATCH_DATA_DIR")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from gapwatch.bench_soak import Sample, _summary
+from gapwatch.bench.soak import Sample, _summary
 
 
 def test_summary_reports_growth_and_throughput_of_first_and_last_windows() -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import gapwatch
+from edge.cli import dispatch
 from gapwatch import cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,7 +36,7 @@ def test_help_lists_available_subcommands() -> None:
         for line in result.stdout.splitlines()
         if line.startswith("  ") and line.strip()
     ]
-    available = [name for name, sub in cli.SUBCOMMANDS.items() if cli._available(sub.module)]
+    available = [name for name, sub in cli.SUBCOMMANDS.items() if dispatch.available(sub.module)]
     assert listed == available
 
 

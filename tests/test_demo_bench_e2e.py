@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from edge.bundle import Manifest, read_manifest
-from gapwatch.bench_e2e import _table
-from gapwatch.bench_e2e_paths import DAY_MS, PathResult, synthetic_stream
-from gapwatch.bench_relay import encode_line
-from gapwatch.demo_bundle import packaged_dir
+from gapwatch.bench.e2e import _table
+from gapwatch.bench.e2e_paths import DAY_MS, PathResult, synthetic_stream
+from gapwatch.bench.relay import encode_line
+from gapwatch.demo.bundle import packaged_dir
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from edge.bundle import load_bundle
-from gapwatch.demo_bundle import (
+from gapwatch.demo.bundle import (
     TrainSettings,
     ensure_trained,
     fingerprint,
@@ -19,7 +19,7 @@ from gapwatch.demo_bundle import (
     packaged_dir,
     resolve_offline,
 )
-from gapwatch.demo_errors import BundleNotFound
+from gapwatch.demo.errors import BundleNotFound
 
 SKAB_CHANNELS = (
     "Accelerometer1RMS",
@@ -47,7 +47,7 @@ def write_csv(path: Path, rows: int, seed: int = 0) -> Path:
 
 def test_the_shipped_bundle_loads_and_says_where_it_came_from() -> None:
     path = packaged_dir()
-    assert path is not None, "gapwatch/demo_bundle/skab/<version>/ is missing"
+    assert path is not None, "gapwatch/demo/model/skab/<version>/ is missing"
     bundle = load_bundle(path)
     m = bundle.manifest
     assert m.name == "skab" and m.channel_names == SKAB_CHANNELS

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from edge.bundle import read_manifest
-from gapwatch.demo_bundle import packaged_dir
+from gapwatch.demo.bundle import packaged_dir
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = ("pyproject.toml", "README.md", "gapwatch", "edge", "training", "pipeline")
@@ -101,7 +101,7 @@ def test_offline_demo_runs_with_only_the_edge_and_report_extras(tmp_path: Path) 
     assert agent_help.returncode == 0, agent_help.stderr
     assert "--config" in agent_help.stdout
     no_torch = run(
-        [str(py), "-c", "import gapwatch.cli, edge.agent_cli, sys; print('torch' in sys.modules)"],
+        [str(py), "-c", "import gapwatch.cli, edge.cli.agent, sys; print('torch' in sys.modules)"],
         tmp_path,
     )
     assert no_torch.stdout.strip() == "False", no_torch.stderr

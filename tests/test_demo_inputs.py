@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from edge.simulate import messages
-from gapwatch.demo_errors import DataNotFound
-from gapwatch.demo_inputs import (
+from gapwatch.demo.errors import DataNotFound
+from gapwatch.demo.inputs import (
     DATA_ENV,
     KIND_CHANNEL,
     KIND_DEVICE,

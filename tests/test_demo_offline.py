@@ -19,9 +19,9 @@ from edge.bundle import Bundle, load_bundle
 from edge.scorer import score_series
 from edge.simulate import messages
 from edge.window import to_grid
-from gapwatch.demo_bundle import packaged_dir
-from gapwatch.demo_inputs import GapSettings, Replay, default_data_dir, load_replays
-from gapwatch.demo_offline import replay_device, run_offline, write_csv
+from gapwatch.demo.bundle import packaged_dir
+from gapwatch.demo.inputs import GapSettings, Replay, default_data_dir, load_replays
+from gapwatch.demo.offline import replay_device, run_offline, write_csv
 
 REPO = Path(__file__).resolve().parents[1]
 

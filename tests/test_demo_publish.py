@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gapwatch.demo_inputs import GapSettings, Replay, load_replays
-from gapwatch.demo_publish import (
+from gapwatch.demo.inputs import GapSettings, Replay, load_replays
+from gapwatch.demo.publish import (
     Scheduled,
     VisibilityPoller,
     device_speeds,

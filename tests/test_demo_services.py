@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from edge.config import load_config
-from gapwatch.demo_errors import ServiceDown
-from gapwatch.demo_processes import Processes, stop_recorded
-from gapwatch.demo_services import RunNames, Stack, agent_toml, check_stack, sink_toml
+from gapwatch.demo.errors import ServiceDown
+from gapwatch.demo.processes import Processes, stop_recorded
+from gapwatch.demo.services import RunNames, Stack, agent_toml, check_stack, sink_toml
 from pipeline.config import load_sink_config
 
 STACK = Stack("127.0.0.1", 11883, "127.0.0.1:19092", "http://127.0.0.1:18086")

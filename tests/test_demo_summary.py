@@ -9,8 +9,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from gapwatch.demo_inputs import KIND_CHANNEL, KIND_DEVICE, KIND_DROP
-from gapwatch.demo_summary import (
+from gapwatch.demo.inputs import KIND_CHANNEL, KIND_DEVICE, KIND_DROP
+from gapwatch.demo.render import DeviceTrace
+from gapwatch.demo.summary import (
     DemoSummary,
     Outcome,
     detection,
@@ -21,7 +22,6 @@ from gapwatch.demo_summary import (
     render_text,
     summary_pairs,
 )
-from gapwatch.report import DeviceTrace
 
 NAN = math.nan
 

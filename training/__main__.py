@@ -1,5 +1,6 @@
-"""``python -m training``: the same commands as ``gapwatch``, limited to this package."""
+"""``python -m training``: this package's commands (``gapwatch`` has them all)."""
 
-from gapwatch.cli import main
+from edge.cli.dispatch import dispatch
+from training.cli import COMMANDS
 
-raise SystemExit(main())
+raise SystemExit(dispatch("python -m training", COMMANDS))

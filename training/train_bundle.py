@@ -111,10 +111,10 @@ def _producer() -> dict[str, str]:
     import onnxruntime
     import torch
 
-    from gapwatch import __version__
+    from edge.cli.dispatch import installed_version
 
     return {
-        "gapwatch": __version__,
+        "gapwatch": installed_version(),
         "torch": torch.__version__,
         "onnx": onnx.__version__,
         "onnxruntime": onnxruntime.__version__,

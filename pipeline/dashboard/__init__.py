@@ -10,7 +10,7 @@ Layers, inside out::
     server.py         stdlib ThreadingHTTPServer: static page + /api/*
     index.html, app.js, style.css   the page; charts drawn in SVG by hand, no external library
 
-Run it with ``gapwatch dashboard --influx URL --db NAME`` (see ``pipeline/dashboard_cli.py``).
+Run it with ``gapwatch dashboard --influx URL --db NAME`` (see ``pipeline/cli/dashboard.py``).
 """
 
 from pipeline.dashboard.api import DashboardApi

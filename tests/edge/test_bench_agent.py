@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from edge.bench_agent import (
+from edge.bundle import Manifest, read_manifest
+from gapwatch.bench.agent import (
     PREFIX,
     Message,
     cpu_seconds,
@@ -25,7 +26,6 @@ from edge.bench_agent import (
     report,
     torch_loaded,
 )
-from edge.bundle import Manifest, read_manifest
 
 EIGHT = tuple(f"ch{i}" for i in range(8))
 BundleFactory = Callable[..., Path]  # the agent_bundle_factory fixture of tests/edge/conftest.py

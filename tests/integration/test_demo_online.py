@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 
 from edge.bundle import load_bundle
-from gapwatch.demo_bundle import TrainSettings, ensure_trained
-from gapwatch.demo_inputs import GapSettings, load_replays
-from gapwatch.demo_offline import run_offline
-from gapwatch.demo_online import OnlineSettings, down, run_online
-from gapwatch.demo_services import Stack
+from gapwatch.demo.bundle import TrainSettings, ensure_trained
+from gapwatch.demo.inputs import GapSettings, load_replays
+from gapwatch.demo.offline import run_offline
+from gapwatch.demo.online import OnlineSettings, down, run_online
+from gapwatch.demo.services import Stack
 
 pytestmark = pytest.mark.integration
 

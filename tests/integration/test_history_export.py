@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from edge.schema import ScoredTick
-from pipeline import history_cli
+from pipeline.cli import history as history_cli
 from pipeline.errors import StorageError
 from pipeline.history import HistoryQuery, find_time_range, read_history
 from pipeline.influx import Influx1Client

@@ -15,7 +15,8 @@ import pytest
 
 from edge.bundle import current_version_dir, read_manifest
 from edge.schema import ScoredTick
-from pipeline import registry_cli, retrain_cli
+from pipeline.cli import registry as registry_cli
+from pipeline.cli import retrain as retrain_cli
 from pipeline.errors import StorageError
 from pipeline.influx import Influx1Client
 from pipeline.lineproto import LineEncoder

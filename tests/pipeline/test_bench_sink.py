@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from pipeline.bench_sink import BenchResult, make_ticks, progress
+from gapwatch.bench.sink import BenchResult, make_ticks, progress
 from pipeline.lineproto import LineEncoder
 
 

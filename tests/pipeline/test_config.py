@@ -93,7 +93,7 @@ def test_sink_check_prints_the_redacted_config_and_bad_config_exits_2(
 ) -> None:
     import json
 
-    from pipeline import sink_cli
+    from pipeline.cli import sink as sink_cli
 
     monkeypatch.setenv("GAPWATCH_SINK__INFLUX__PASSWORD", "hunter2")
     good = write(tmp_path, '[influx]\nusername = "sink"\n')

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from pipeline.dashboard_cli import DashboardConfig, build_parser, load_config, main
+from pipeline.cli.dashboard import DashboardConfig, build_parser, load_config, main
 from pipeline.errors import ConfigError
 
 
@@ -74,7 +74,7 @@ def test_bad_config_exits_2_with_the_message(capsys: pytest.CaptureFixture[str])
 def test_a_busy_port_exits_2_naming_the_flag(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("pipeline.dashboard_cli.configure_logging", lambda *a: None)
+    monkeypatch.setattr("pipeline.cli.dashboard.configure_logging", lambda *a: None)
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()

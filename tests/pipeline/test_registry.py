@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from edge.bundle import current_version_dir
-from pipeline import registry_cli
+from pipeline.cli import registry as registry_cli
 from pipeline.errors import RegistryError
 from pipeline.registry import Announcement, Registry, announcer_from_url
 

@@ -1,4 +1,4 @@
-"""``gapwatch registry keygen|sign|verify`` (pipeline.signing_cli) on real files in tmp_path."""
+"""``gapwatch registry keygen|sign|verify`` (pipeline.cli.signing) on real files in tmp_path."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from edge.bundle import (
     write_bundle,
 )
 from edge.signing import SIGNATURE_FILE, load_public_keys, verify_bundle
-from pipeline.signing_cli import main
+from pipeline.cli.signing import main
 
 onnx = pytest.importorskip("onnx")
 
@@ -134,7 +134,7 @@ def test_help_teaches(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_registry_cli_hands_signing_actions_over(tmp_path: Path) -> None:
-    from pipeline import registry_cli
+    from pipeline.cli import registry as registry_cli
 
     base = tmp_path / "k"
     assert registry_cli.main(["keygen", "--out", str(base)]) == 0

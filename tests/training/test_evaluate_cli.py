@@ -17,11 +17,11 @@ import pytest
 
 from edge.bundle import Channel, Manifest
 from edge.fakes import CenterModel
+from training.cli.evaluate import main
 from training.data import Series
 from training.errors import DataError
 from training.evaluate import MASK_TYPES, ImputationSetup, evaluate_imputation, split_series
 from training.evaluate_anomaly import AnomalySetup, LabelledFile, evaluate_anomaly, load_labelled
-from training.evaluate_cli import main
 from training.metrics import segments
 
 

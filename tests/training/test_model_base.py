@@ -108,7 +108,7 @@ def test_interp_model_trains_and_exports_with_parity() -> None:
 
 
 def test_train_cli_reads_base_from_flag_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    from training.cli import _parser, config_from_args
+    from training.cli.train import _parser, config_from_args
 
     args = _parser().parse_args(["data.csv", "--out", "m", "--base", "none"])
     assert config_from_args(args).train.base == "none"

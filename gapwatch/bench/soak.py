@@ -29,11 +29,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from gapwatch.bench_cli import MACHINE_NOTE, bench_env, bench_parser, data_dir, fmt, write_json
+from gapwatch.bench.cli import MACHINE_NOTE, bench_env, bench_parser, data_dir, fmt, write_json
 
 __all__ = ["Sample", "main"]
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)

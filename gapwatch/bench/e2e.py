@@ -4,7 +4,7 @@ Two paths get the same synthetic stream, one after the other, on the local stack
 
 - **pipeline**: ``gapwatch agent`` (align, impute, score, spool) -> Kafka -> ``gapwatch sink``
   -> InfluxDB, as subprocesses with fresh topics and database;
-- **baseline**: :mod:`gapwatch.bench_relay`, a bare subscriber writing each message as one line
+- **baseline**: :mod:`gapwatch.bench.relay`, a bare subscriber writing each message as one line
   of protocol, batched like the sink (5,000 points or 1 s), no imputation or scoring.
 
 The stream: ``--devices`` devices with the bundle's channels (values around its scaling, 2 %
@@ -34,9 +34,9 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from gapwatch.bench_e2e_paths import BenchPath, PathResult, bench_path
-from gapwatch.demo_errors import DemoError
-from gapwatch.demo_services import Stack, check_stack
+from gapwatch.bench.e2e_paths import BenchPath, PathResult, bench_path
+from gapwatch.demo.errors import DemoError
+from gapwatch.demo.services import Stack, check_stack
 
 __all__ = ["main"]
 
@@ -142,9 +142,9 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     if args.quick:
         args.latency_seconds, args.step_seconds = min(args.latency_seconds, 6.0), 4.0
+    from edge.cli.score import resolve_bundle_dir
     from edge.errors import EdgeError
-    from edge.score_cli import resolve_bundle_dir
-    from gapwatch.demo_bundle import load, packaged_dir
+    from gapwatch.demo.bundle import load, packaged_dir
 
     def say(text: str) -> None:
         sys.stderr.write(text + "\n")

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from gapwatch.demo_inputs import KIND_NAMES
-from gapwatch.report import DeviceTrace
+from gapwatch.demo.inputs import KIND_NAMES
+from gapwatch.demo.render import DeviceTrace
 from training.metrics import Confusion, confusion, detection_delays
 
 __all__ = [

@@ -14,8 +14,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gapwatch.demo_errors import BundleNotFound, DataNotFound, DemoError
-from gapwatch.demo_inputs import DATA_ENV, GapSettings, Replay
+from gapwatch.demo.errors import BundleNotFound, DataNotFound, DemoError
+from gapwatch.demo.inputs import DATA_ENV, GapSettings, Replay
 
 __all__ = ["main"]
 
@@ -236,7 +236,7 @@ class _Progress:
 
 def _files(args: argparse.Namespace) -> tuple[list[Path], bool]:
     """``(files, are they the default SKAB set)``."""
-    from gapwatch.demo_inputs import default_data_dir, find_files, skab_files
+    from gapwatch.demo.inputs import default_data_dir, find_files, skab_files
 
     given = args.data or [x for x in os.environ.get(DATA_ENV, "").split(os.pathsep) if x]
     if given:
@@ -245,7 +245,7 @@ def _files(args: argparse.Namespace) -> tuple[list[Path], bool]:
 
 
 def _replays(args: argparse.Namespace, files: list[Path]) -> list[Replay]:
-    from gapwatch.demo_inputs import load_replays
+    from gapwatch.demo.inputs import load_replays
 
     gaps = GapSettings(
         drop_rate=args.drop_rate,
@@ -257,7 +257,7 @@ def _replays(args: argparse.Namespace, files: list[Path]) -> list[Replay]:
 
 
 def _write_outputs(out: Path, title: str, result: Any, extra: list[tuple[str, str]]) -> Path:
-    from gapwatch.demo_report import write_report
+    from gapwatch.demo.report import write_report
 
     out.mkdir(parents=True, exist_ok=True)
     summary = result.summary
@@ -274,9 +274,9 @@ def _jsonable(value: Any) -> Any:
 
 
 def _offline(args: argparse.Namespace, state: Path, progress: _Progress) -> int:
-    from gapwatch.demo_bundle import load, resolve_offline
-    from gapwatch.demo_offline import run_offline, write_csv
-    from gapwatch.demo_summary import render_text
+    from gapwatch.demo.bundle import load, resolve_offline
+    from gapwatch.demo.offline import run_offline, write_csv
+    from gapwatch.demo.summary import render_text
 
     t0 = time.monotonic()
     files, _ = _files(args)
@@ -311,16 +311,16 @@ def _offline(args: argparse.Namespace, state: Path, progress: _Progress) -> int:
 
 
 def _online(args: argparse.Namespace, state: Path, progress: _Progress) -> int:
-    from gapwatch.demo_bundle import TrainSettings, ensure_trained, load
-    from gapwatch.demo_online import OnlineSettings, run_online
-    from gapwatch.demo_services import Stack
-    from gapwatch.demo_summary import render_text
+    from gapwatch.demo.bundle import TrainSettings, ensure_trained, load
+    from gapwatch.demo.online import OnlineSettings, run_online
+    from gapwatch.demo.services import Stack
+    from gapwatch.demo.summary import render_text
 
     t0 = time.monotonic()
     files, default = _files(args)
     replays = _replays(args, files)
     if args.bundle:
-        from gapwatch.demo_bundle import resolve_offline
+        from gapwatch.demo.bundle import resolve_offline
 
         path, _ = resolve_offline(args.bundle, state)
         progress.stage(f"bundle {path} (--bundle)")
@@ -385,7 +385,7 @@ def main(argv: list[str]) -> int:
     progress = _Progress(enabled=not args.no_progress and sys.stderr.isatty())
     try:
         if args.down:
-            from gapwatch.demo_online import down
+            from gapwatch.demo.online import down
 
             stopped = down(state)
             print(f"gapwatch demo --down: stopped {', '.join(stopped) or 'nothing (none running)'}")

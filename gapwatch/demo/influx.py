@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from gapwatch.demo_publish import QueryPort
-from gapwatch.report import DeviceTrace
+from gapwatch.demo.publish import QueryPort
+from gapwatch.demo.render import DeviceTrace
 
 __all__ = [
     "COUNT_QUERIES",

@@ -29,7 +29,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edge.simulate import messages
-from gapwatch.demo_inputs import Replay
+from gapwatch.demo.inputs import Replay
 
 __all__ = [
     "PahoPublisher",

@@ -139,8 +139,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str]) -> int:
-    if argv and argv[0] in SIGNING_ACTIONS:  # keygen, sign, verify: pipeline.signing_cli
-        from pipeline.signing_cli import main as signing_main
+    if argv and argv[0] in SIGNING_ACTIONS:  # keygen, sign, verify: pipeline.cli.signing
+        from pipeline.cli.signing import main as signing_main
 
         return signing_main(list(argv))
     args = _parser().parse_args(list(argv))

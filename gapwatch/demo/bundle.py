@@ -4,7 +4,7 @@ Offline (``gapwatch demo --offline``, the ``edge`` extra only, so no training), 
 
 1. ``--bundle`` (a version directory, or a model directory: its CURRENT, else newest version);
 2. the bundle ``make demo`` trained, under ``<state>/bundles/``;
-3. the small SKAB bundle shipped in the package (``gapwatch/demo_bundle/skab/<version>/``).
+3. the small SKAB bundle shipped in the package (``gapwatch/demo/model/skab/<version>/``).
 
 Online (``gapwatch demo``), unless ``--bundle`` is given, :func:`ensure_trained` trains on the
 normal rows of the replay files and reuses the previous bundle when the files (by content) and
@@ -23,9 +23,9 @@ from importlib import resources
 from pathlib import Path
 
 from edge.bundle import MODEL_FILE, Bundle, load_bundle, write_bundle
+from edge.cli.score import resolve_bundle_dir
 from edge.errors import EdgeError
-from edge.score_cli import resolve_bundle_dir
-from gapwatch.demo_errors import BundleNotFound, DemoError
+from gapwatch.demo.errors import BundleNotFound, DemoError
 
 __all__ = [
     "PACKAGED_NAME",
@@ -67,7 +67,7 @@ class TrainSettings:
 
 def packaged_dir(name: str = PACKAGED_NAME) -> Path | None:
     """The version directory of the bundle shipped in the package, if this install has it."""
-    root = Path(str(resources.files("gapwatch"))) / "demo_bundle" / name
+    root = Path(str(resources.files("gapwatch.demo"))) / "model" / name
     try:
         return resolve_bundle_dir(root) if root.is_dir() else None
     except EdgeError:
@@ -190,7 +190,7 @@ def package_bundle(
     src: Path, dest_root: Path, provenance: Mapping[str, str] = SKAB_PROVENANCE
 ) -> Path:
     """Copy a trained bundle to ``dest_root/<name>/<version>/`` with ``provenance`` added to
-    ``training`` (how ``gapwatch/demo_bundle/skab/`` was made; see README)."""
+    ``training`` (how ``gapwatch/demo/model/skab/`` was made; see README)."""
     bundle = load(src)
     manifest = replace(bundle.manifest, training={**bundle.manifest.training, **provenance})
     return write_bundle(dest_root, manifest, (bundle.path / MODEL_FILE).read_bytes())

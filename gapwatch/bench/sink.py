@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 from typing import TextIO, TypeVar
 
 from edge.schema import ScoredTick
+from pipeline.cli.sink import KafkaDeadLetters, KafkaRecordSource, SystemClock, tune_interpreter
 from pipeline.config import (
     BatchSettings,
     InfluxSettings,
@@ -41,7 +42,6 @@ from pipeline.config import (
 from pipeline.influx import Influx1Client
 from pipeline.lineproto import LineEncoder
 from pipeline.sink import PartitionRecords, Sink, SinkSettings, TopicPartition
-from pipeline.sink_cli import KafkaDeadLetters, KafkaRecordSource, SystemClock, tune_interpreter
 
 __all__ = ["BenchResult", "main"]
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gapwatch.demo_summary import DemoSummary, Outcome, summary_pairs
-from gapwatch.report import DeviceTrace, render_report, series_png
+from gapwatch.demo.render import DeviceTrace, render_report, series_png
+from gapwatch.demo.summary import DemoSummary, Outcome, summary_pairs
 
 __all__ = ["device_rows", "headline_trace", "write_report"]
 

@@ -2,7 +2,7 @@
 
 Each one trains a bundle on the shared real data (or takes ``--bundle``), measures it and a
 baseline in the same run, prints the figure, the baseline and their ratio with the targets,
-and writes JSON. Registered in :data:`gapwatch.bench_cli.BENCHMARKS`.
+and writes JSON. Registered in :data:`gapwatch.bench.cli.BENCHMARKS`.
 
 - ``imputation``: Beijing (Aotizhongxin) chronological split; VAE causal/back-fill vs LOCF,
   linear interpolation, missForest and the other baselines (MAE in z units);
@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gapwatch.bench_cli import (
+from gapwatch.bench.cli import (
     MACHINE_NOTE,
     add_train_args,
     bench_env,
@@ -58,9 +58,9 @@ def imputation(argv: list[str]) -> int:
     args = p.parse_args(argv)
 
     from training.baselines import BASELINE_NAMES, BaselineSettings
+    from training.cli.evaluate import ProgressBar
     from training.data import load_series
     from training.evaluate import ImputationSetup, evaluate_imputation, split_series
-    from training.evaluate_cli import ProgressBar
     from training.evaluate_report import render_imputation
 
     csv = data_dir() / "beijing" / f"{args.station}.csv"
@@ -161,9 +161,9 @@ def anomaly(argv: list[str]) -> int:
     )
     args = p.parse_args(argv)
 
+    from training.cli.evaluate import ProgressBar, find_files
     from training.data import LoadOptions
     from training.evaluate_anomaly import AnomalySetup, evaluate_anomaly, load_labelled
-    from training.evaluate_cli import ProgressBar, find_files
     from training.evaluate_report import render_anomaly
 
     skab = data_dir() / "skab"

@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from gapwatch.demo_errors import ServiceDown
+from gapwatch.demo.errors import ServiceDown
 
 __all__ = [
     "ProcessRecord",

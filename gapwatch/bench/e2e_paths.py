@@ -2,7 +2,7 @@
 
 :func:`synthetic_stream` (pure) makes one step's messages; :class:`BenchPath` starts a path
 (agent + sink, or the bare relay) with fresh names on the local stack, and tears it down;
-:func:`bench_path` runs the latency phase and the rate ladder on it (see :mod:`gapwatch.bench_e2e`).
+:func:`bench_path` runs the latency phase and the rate ladder on it (see :mod:`gapwatch.bench.e2e`).
 """
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ from typing import Any
 import numpy as np
 
 from edge.bundle import Bundle, Manifest
-from gapwatch.demo_processes import (
+from gapwatch.demo.processes import (
     Processes,
     agent_connected,
     agent_counters,
     free_port,
     wait_until,
 )
-from gapwatch.demo_publish import (
+from gapwatch.demo.publish import (
     PahoPublisher,
     Scheduled,
     VisibilityPoller,
@@ -37,7 +37,7 @@ from gapwatch.demo_publish import (
     tick_latencies,
     tick_publish_times,
 )
-from gapwatch.demo_services import (
+from gapwatch.demo.services import (
     RunNames,
     Stack,
     agent_toml,
@@ -141,7 +141,7 @@ class BenchPath:
                 [
                     sys.executable,
                     "-m",
-                    "gapwatch.bench_relay",
+                    "gapwatch.bench.relay",
                     "--mqtt",
                     f"{self.stack.mqtt_host}:{self.stack.mqtt_port}",
                     "--prefix",

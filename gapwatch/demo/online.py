@@ -2,14 +2,14 @@
 
 1. check Mosquitto, Kafka and InfluxDB answer; stop the previous run's processes and drop its
    topics and database (only the newest run's data is kept);
-2. fresh names for this run (:class:`~gapwatch.demo_services.RunNames`): Kafka topics, an
+2. fresh names for this run (:class:`~gapwatch.demo.services.RunNames`): Kafka topics, an
    InfluxDB database, an MQTT topic prefix, so every count belongs to this run;
 3. start ``gapwatch sink`` and ``gapwatch agent`` as subprocesses with generated configs under
    ``<state>/run/`` and wait until the agent is connected to MQTT;
-4. replay the files over MQTT (:mod:`gapwatch.demo_publish`) while polling InfluxDB for each
+4. replay the files over MQTT (:mod:`gapwatch.demo.publish`) while polling InfluxDB for each
    device's newest stored tick; wait until every device's last tick is stored;
 5. count ticks, imputed entries and anomalies with InfluxQL, read the stored series back, and
-   score them against the withheld truth and the labels (:mod:`gapwatch.demo_summary`);
+   score them against the withheld truth and the labels (:mod:`gapwatch.demo.summary`);
 6. start ``gapwatch dashboard`` in the background on the run's database.
 
 The agent, the sink and the dashboard keep running afterwards; :func:`down` (``gapwatch demo
@@ -32,10 +32,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from edge.bundle import Bundle
-from gapwatch.demo_errors import DemoError, DemoTimeout
-from gapwatch.demo_influx import StoredCounts, fetch_trace, stored_counts
-from gapwatch.demo_inputs import Replay
-from gapwatch.demo_processes import (
+from gapwatch.demo.errors import DemoError, DemoTimeout
+from gapwatch.demo.influx import StoredCounts, fetch_trace, stored_counts
+from gapwatch.demo.inputs import Replay
+from gapwatch.demo.processes import (
     Processes,
     agent_connected,
     agent_counters,
@@ -43,7 +43,7 @@ from gapwatch.demo_processes import (
     stop_recorded,
     wait_until,
 )
-from gapwatch.demo_publish import (
+from gapwatch.demo.publish import (
     PahoPublisher,
     VisibilityPoller,
     device_speeds,
@@ -52,7 +52,7 @@ from gapwatch.demo_publish import (
     tick_latencies,
     tick_publish_times,
 )
-from gapwatch.demo_services import (
+from gapwatch.demo.services import (
     RunNames,
     Stack,
     agent_toml,
@@ -63,7 +63,7 @@ from gapwatch.demo_services import (
     prepare_storage,
     sink_toml,
 )
-from gapwatch.demo_summary import DemoSummary, Outcome, detection, imputation_rows, latency
+from gapwatch.demo.summary import DemoSummary, Outcome, detection, imputation_rows, latency
 
 __all__ = ["OnlineResult", "OnlineSettings", "Progress", "down", "run_online"]
 

@@ -29,7 +29,7 @@ from edge.errors import InputError
 from edge.simulate import Gaps, Outage, Series, plan_gaps, read_series
 from edge.table import read_table
 from edge.window import to_grid
-from gapwatch.demo_errors import DataNotFound
+from gapwatch.demo.errors import DataNotFound
 
 __all__ = [
     "DATA_ENV",
@@ -137,7 +137,7 @@ def default_data_dir() -> Path:
     given = os.environ.get("GAPWATCH_DATA_DIR")
     if given:
         return Path(given)
-    return Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+    return Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 
 
 def _numeric_key(path: Path) -> tuple[str, int, str]:

@@ -53,7 +53,7 @@ import numpy as np
 
 from edge.bundle import Manifest, latest_version_dir, read_manifest, set_current_version
 from edge.errors import EdgeError, TransportError
-from gapwatch.bench_cli import MACHINE_NOTE, bench_env, fmt, write_json
+from gapwatch.bench.cli import MACHINE_NOTE, bench_env, fmt, write_json
 
 __all__ = [
     "Message",
@@ -66,7 +66,7 @@ __all__ = [
     "torch_loaded",
 ]
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SITE = "bench"
 BARE_ROLE = "_bare-subscriber"
 PREFIX = "{prefix}"  # replaced by each path's own topic prefix
@@ -337,7 +337,7 @@ def run_bare(plan: Plan) -> dict[str, Any]:
     d.mkdir()
     thr = _with_prefix(plan.thr, prefix)
     lat = _with_prefix(plan.lat, prefix)
-    cmd = [sys.executable, "-m", "edge.bench_agent", BARE_ROLE, plan.host, str(plan.port)]
+    cmd = [sys.executable, "-m", "gapwatch.bench.agent", BARE_ROLE, plan.host, str(plan.port)]
     proc = _spawn([*cmd, f"{prefix}/#", str(d)], plan.core)
     pub = Publisher(plan.host, plan.port)
     try:
@@ -605,7 +605,7 @@ def resolve_bundle(given: str | None, work: Path) -> tuple[Path, Manifest]:
 
             version = current_version_dir(path)
     else:
-        version = latest_version_dir(REPO_ROOT / "gapwatch" / "demo_bundle" / "skab")
+        version = latest_version_dir(REPO_ROOT / "gapwatch" / "demo" / "model" / "skab")
     if version is None or not (version / "manifest.json").exists():
         raise EdgeError(
             f"--bundle {given!r}: no bundle there; give <root>/<name>/<version> (the directory "
@@ -671,7 +671,7 @@ def _parser() -> argparse.ArgumentParser:
         "--bundle",
         default=bench_env("bundle"),
         help="a bundle version directory, or <root>/<name> for its CURRENT version "
-        "(default: the packaged 8-channel SKAB bundle, gapwatch/demo_bundle)",
+        "(default: the packaged 8-channel SKAB bundle, gapwatch/demo/model)",
     )
     p.add_argument(
         "--set",

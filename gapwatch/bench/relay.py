@@ -7,7 +7,7 @@ out; ``n`` counts the values, so every point has a field to poll), and POSTs the
 InfluxDB 1.x ``/write`` in batches cut the way the sink cuts them (``max_points`` lines, or
 ``max_wait_s`` after the batch's first line). No alignment, no model, no Kafka, no spool.
 
-Run by the benchmark as ``python -m gapwatch.bench_relay --mqtt HOST:PORT --prefix P --influx
+Run by the benchmark as ``python -m gapwatch.bench.relay --mqtt HOST:PORT --prefix P --influx
 URL --db NAME``; stops on SIGTERM after writing what it holds.
 """
 
@@ -87,7 +87,7 @@ class _Writer:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m gapwatch.bench_relay", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m gapwatch.bench.relay", description=__doc__)
     p.add_argument("--mqtt", required=True, help="HOST:PORT")
     p.add_argument("--prefix", required=True, help="topic prefix; subscribes to PREFIX/+/+")
     p.add_argument("--influx", required=True, help="InfluxDB 1.x URL")

@@ -27,7 +27,7 @@ from edge.lograte import RepeatFilter
 if TYPE_CHECKING:
     from edge.service import ServiceControl
 
-log = logging.getLogger("edge.agent_cli")
+log = logging.getLogger("edge.cli.agent")
 
 _STD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 

@@ -42,7 +42,7 @@ __all__ = [
     "write_json",
 ]
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 MACHINE_NOTE = "timings depend on the machine and its load; rerun on the target to compare"
 
 
@@ -54,24 +54,24 @@ class Benchmark:
 
 BENCHMARKS: dict[str, Benchmark] = {
     "imputation": Benchmark(
-        "training.bench:imputation",
+        "gapwatch.bench.training:imputation",
         "Beijing air quality: VAE gap filling vs LOCF, linear, missForest (MAE, z units)",
     ),
     "anomaly": Benchmark(
-        "training.bench:anomaly",
+        "gapwatch.bench.training:anomaly",
         "SKAB: causal VAE detection vs Mahalanobis T² (F1, FAR, MAR) and the leaderboard",
     ),
     "inference": Benchmark(
-        "training.bench:inference",
+        "gapwatch.bench.training:inference",
         "µs per tick through the bundle (onnxruntime, 1 thread), batch 64 vs 1 vs numpy",
     ),
-    "agent": Benchmark("edge.bench_agent:main", "edge agent throughput: MQTT in, Kafka out"),
-    "sink": Benchmark("pipeline.bench_sink:main", "sink throughput: Kafka into InfluxDB"),
+    "agent": Benchmark("gapwatch.bench.agent:main", "edge agent throughput: MQTT in, Kafka out"),
+    "sink": Benchmark("gapwatch.bench.sink:main", "sink throughput: Kafka into InfluxDB"),
     "e2e": Benchmark(
-        "gapwatch.bench_e2e:main", "end to end: MQTT publish to InfluxDB vs a bare relay"
+        "gapwatch.bench.e2e:main", "end to end: MQTT publish to InfluxDB vs a bare relay"
     ),
     "soak": Benchmark(
-        "gapwatch.bench_soak:main", "long agent run: memory, fds, throughput drift, duplicates"
+        "gapwatch.bench.soak:main", "long agent run: memory, fds, throughput drift, duplicates"
     ),
 }
 
@@ -125,7 +125,7 @@ def main(argv: list[str]) -> int:
     return func(rest)
 
 
-# -- pieces shared by the benchmarks (training.bench and later ones) ---------------------------
+# -- pieces shared by the benchmarks (gapwatch.bench.training and later ones) ----------
 
 
 def bench_env(option: str, default: str | None = None) -> str | None:
@@ -209,7 +209,7 @@ def with_bundle(
     args: argparse.Namespace, train: Callable[[Path], Path], run: Callable[[Any, float], int]
 ) -> int:
     """Load ``--bundle`` or train one (into ``--out`` or a temporary root), then ``run``."""
-    from training.evaluate_cli import load_model
+    from training.cli.evaluate import load_model
 
     if args.bundle:
         return run(load_model(args.bundle), 0.0)

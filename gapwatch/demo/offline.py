@@ -1,7 +1,7 @@
 """``gapwatch demo --offline``: the demo's story with no services, in one process.
 
 Each file is replayed the way the agent sees it over MQTT: the simulator's messages (same
-injected gaps, :mod:`gapwatch.demo_inputs`) go through the agent's own tick alignment
+injected gaps, :mod:`gapwatch.demo.inputs`) go through the agent's own tick alignment
 (:class:`edge.align.DeviceAligner`, event time, ``lateness_ticks`` like ``align.lateness_ticks``)
 and then its imputation and scoring core (:func:`edge.scorer.score_series`, the batch twin of
 the agent's :class:`~edge.scorer.DeviceScorer`). When a file ends, the device falls silent: as
@@ -28,15 +28,15 @@ from edge.bundle import Bundle
 from edge.errors import EdgeError
 from edge.scorer import score_series
 from edge.simulate import messages
-from gapwatch.demo_errors import DataNotFound, DemoError
-from gapwatch.demo_inputs import Replay
-from gapwatch.demo_summary import (
+from gapwatch.demo.errors import DataNotFound, DemoError
+from gapwatch.demo.inputs import Replay
+from gapwatch.demo.render import DeviceTrace
+from gapwatch.demo.summary import (
     DemoSummary,
     Outcome,
     detection,
     imputation_rows,
 )
-from gapwatch.report import DeviceTrace
 
 __all__ = ["OfflineResult", "replay_device", "run_offline", "write_csv"]
 

@@ -2,7 +2,7 @@
 
 The format and the checks live in :mod:`edge.signing` (the agent verifies with the same code);
 this is the operator's side: make a key pair, sign bundles before agents may load them, and
-check a signature by hand. ``pipeline.registry_cli`` hands these three actions to :func:`main`.
+check a signature by hand. ``pipeline.cli.registry`` hands these three actions to :func:`main`.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.bundle import Bundle
-from gapwatch.demo_errors import ServiceDown
+from gapwatch.demo.errors import ServiceDown
 
 __all__ = [
     "RunNames",

@@ -159,7 +159,7 @@ class MetricsConfig:
 class AgentConfig:
     site: str = "default"  # used when a topic template has no {site}
     state_dir: str = "/var/lib/gapwatch"
-    log_format: str = "kv"  # "kv" (key=value) or "json"
+    log_format: str = "text"  # "text" (key=value) or "json"; "kv" is the old name of "text"
     log_level: str = "INFO"
     shutdown_timeout_s: float = 10.0  # on SIGTERM: how long to wait for Kafka to take the spool
     mqtt: MqttConfig = field(default_factory=MqttConfig)
@@ -418,7 +418,9 @@ def _check(c: AgentConfig) -> list[str]:
         )
         need(rule.warmup_ticks >= 0, f"devices[{i}].warmup_ticks must be >= 0")
     need(0 <= c.metrics.port < 65536, f"metrics.port {c.metrics.port} must be in 0..65535")
-    need(c.log_format in {"kv", "json"}, f'log_format {c.log_format!r}: use "kv" or "json"')
+    need(
+        c.log_format in {"text", "kv", "json"}, f'log_format {c.log_format!r}: use "text" or "json"'
+    )
     need(
         c.log_level.upper() in {"DEBUG", "INFO", "WARNING", "ERROR"},
         f"log_level {c.log_level!r}: use DEBUG, INFO, WARNING or ERROR",

@@ -11,25 +11,22 @@ from __future__ import annotations
 
 import argparse
 import faulthandler
-import json
 import logging
 import os
 import signal
 import sys
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from edge.config import ENV_PREFIX, AgentConfig, load_config
 from edge.errors import BundleError, ConfigError, EdgeError, TransportError
-from edge.lograte import RepeatFilter
+from edge.logs import LOG_FORMATS, configure_logging
 
 if TYPE_CHECKING:
     from edge.service import ServiceControl
 
 log = logging.getLogger("edge.cli.agent")
-
-_STD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 HELP_EPILOG = f"""\
 configuration:
@@ -52,54 +49,8 @@ exit status: 0 stopped cleanly, 1 runtime failure (e.g. MQTT watchdog), 2 bad co
 """
 
 
-class _KeyValueFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        fields = {k: v for k, v in vars(record).items() if k not in _STD_ATTRS}
-        parts = [
-            self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
-            f"level={record.levelname.lower()}",
-            f"event={record.getMessage()}",
-            f"logger={record.name}",
-        ]
-        parts += [f"{k}={_kv(v)}" for k, v in fields.items()]
-        if record.exc_info:
-            parts.append(f"exc={_kv(self.formatException(record.exc_info))}")
-        return " ".join(parts)
-
-
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        body: dict[str, Any] = {
-            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "event": record.getMessage(),
-            "logger": record.name,
-        }
-        body.update({k: v for k, v in vars(record).items() if k not in _STD_ATTRS})
-        if record.exc_info:
-            body["exc"] = self.formatException(record.exc_info)
-        return json.dumps(body, default=str)
-
-
-def _kv(value: object) -> str:
-    text = str(value)
-    return json.dumps(text) if (not text or any(c in text for c in ' ="\n')) else text
-
-
 def setup_logging(fmt: str, level: str) -> None:
-    import time
-
-    handler = logging.StreamHandler(sys.stderr)
-    formatter: logging.Formatter = _JsonFormatter() if fmt == "json" else _KeyValueFormatter()
-    formatter.converter = time.gmtime
-    handler.setFormatter(formatter)
-    handler.addFilter(RepeatFilter())  # the same warning at most once per 10 s, with a count
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    logging.getLogger("kafka").setLevel(max(logging.WARNING, root.level))
-    # "Topic ... not found in cluster metadata" is routine while a topic is auto-created
-    logging.getLogger("kafka.cluster").setLevel(logging.CRITICAL)
+    configure_logging(level, fmt, limit_repeats=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the commented example config (every key, its default and meaning) and exit",
     )
-    p.add_argument("--log-format", choices=["kv", "json"], help="override log_format")
+    p.add_argument("--log-format", choices=[*LOG_FORMATS, "kv"], help="override log_format")
     p.add_argument("--log-level", help="override log_level (DEBUG, INFO, WARNING, ERROR)")
     return p
 

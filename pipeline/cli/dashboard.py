@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import FrameType
 
+from edge.logs import LOG_FORMATS, configure_logging
 from pipeline.dashboard.api import MAX_POINTS_CAP, DashboardApi
 from pipeline.dashboard.influx_source import InfluxSource
 from pipeline.dashboard.server import DashboardServer
 from pipeline.errors import ConfigError, StorageError
-from pipeline.logs import LOG_FORMATS, configure_logging
 
 log = logging.getLogger(__name__)
 

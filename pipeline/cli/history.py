@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from edge.logs import configure_logging
 from pipeline.config import add_influx_arguments, influx_settings_from_args
 from pipeline.errors import PipelineError
 from pipeline.history import (
@@ -19,7 +20,6 @@ from pipeline.history import (
     resolve_time_range,
 )
 from pipeline.influx import connect_reader
-from pipeline.logs import configure_logging
 
 EPILOG = """\
 Only what the sensors observed is exported: values the agent imputed come back empty, so a

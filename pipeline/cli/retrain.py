@@ -10,11 +10,11 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from edge.logs import configure_logging
 from pipeline.config import add_influx_arguments, influx_settings_from_args
 from pipeline.errors import PipelineError
 from pipeline.history import format_rfc3339, parse_duration, parse_time, resolve_time_range
 from pipeline.influx import connect_reader
-from pipeline.logs import configure_logging
 from pipeline.registry import Registry, announcer_from_url
 from pipeline.retrain import RetrainSettings, Tolerance, retrain
 

@@ -13,11 +13,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from edge.logs import LOG_FORMATS, configure_logging
 from edge.schema import DeadLetter
 from pipeline.config import KafkaSettings, SinkConfig, load_sink_config
 from pipeline.errors import ConfigError, PipelineError, StorageError
 from pipeline.influx import Influx1Client, connect
-from pipeline.logs import LOG_FORMATS, configure_logging
 from pipeline.metrics import SinkMetrics
 from pipeline.sink import (
     CommitFailed,

@@ -15,6 +15,18 @@ Hierarchy::
 
 from __future__ import annotations
 
+__all__ = [
+    "BundleError",
+    "ConfigError",
+    "EdgeError",
+    "InputError",
+    "PayloadError",
+    "SchemaError",
+    "SpoolDiskFull",
+    "SpoolError",
+    "TransportError",
+]
+
 
 class EdgeError(Exception):
     """Root of every error the edge package raises."""

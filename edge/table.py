@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 
 from edge.errors import InputError
 
-__all__ = ["TIME_COLUMNS", "Table", "parse_timestamp", "read_table"]
+__all__ = ["TIME_COLUMNS", "Table", "find_time_column", "parse_timestamp", "read_table"]
 
 TIME_COLUMNS = ("timestamp", "datetime", "time", "ts")
 
@@ -66,7 +66,8 @@ def parse_timestamp(text: str) -> int:
     return round(stamp.timestamp() * 1000.0)
 
 
-def _time_column(header: list[str], wanted: str | None, source: str) -> str:
+def find_time_column(header: list[str], wanted: str | None, source: str) -> str:
+    """The time column of ``header``: ``wanted``, else the first of :data:`TIME_COLUMNS`."""
     if wanted is not None:
         if wanted not in header:
             raise InputError(f"{source}: time column {wanted!r} not found in {header}")
@@ -108,7 +109,7 @@ def _read_csv(path: Path, time_column: str | None) -> Table:
             raise InputError(f"{source}: empty file")
         rows = [r for r in reader if r]
     header = [h.strip() for h in header]
-    tcol = _time_column(header, time_column, source)
+    tcol = find_time_column(header, time_column, source)
     t_idx = header.index(tcol)
     ts = np.empty(len(rows), dtype=np.int64)
     cols: dict[str, list[float | None]] = {h: [] for i, h in enumerate(header) if i != t_idx}
@@ -145,7 +146,7 @@ def _read_parquet(path: Path, time_column: str | None) -> Table:
     except Exception as exc:  # pyarrow raises its own error types
         raise InputError(f"{path}: cannot read Parquet: {exc}") from exc
     header = list(data)
-    tcol = _time_column(header, time_column, str(path))
+    tcol = find_time_column(header, time_column, str(path))
     stamps = []
     for value in data[tcol]:
         if isinstance(value, datetime):

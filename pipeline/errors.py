@@ -10,6 +10,8 @@ Hierarchy::
 
 from __future__ import annotations
 
+__all__ = ["ConfigError", "PipelineError", "RegistryError", "StorageError"]
+
 
 class PipelineError(Exception):
     """Root of every error the pipeline package raises."""

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import pkgutil
 import subprocess
@@ -89,3 +90,94 @@ def test_entry_points_live_in_each_package_cli_folder() -> None:
         package = sub.module.split(".")[0]
         if package in {"edge", "pipeline", "training"} and sub.module != "edge.simulate":
             assert sub.module.startswith(f"{package}.cli."), f"{name}: {sub.module}"
+
+
+# -- the shape of every module: its public face, and rooms small enough to read ---------------
+
+PACKAGES = ("edge", "training", "pipeline", "gapwatch")
+MAX_MODULE_LINES = 600
+MAX_FUNCTION_LINES = 80
+SIZE_REASON = "# size:"  # a module or function over the limit says why, on this marker
+
+
+def _sources() -> list[Path]:
+    return sorted(
+        p
+        for package in PACKAGES
+        for p in (REPO / package).rglob("*.py")
+        if p.name != "__main__.py" and ".venv" not in p.parts
+    )
+
+
+def _bound_names(tree: ast.Module | ast.stmt) -> set[str]:
+    names: set[str] = set()
+    body = tree.body if isinstance(tree, ast.Module) else [tree]
+    for node in body:
+        if isinstance(node, ast.If | ast.Try):  # try/except ImportError, if TYPE_CHECKING
+            for block in (node.body, node.orelse, *[h.body for h in getattr(node, "handlers", [])]):
+                for inner in block:
+                    names |= _bound_names(inner)
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, ast.Assign):
+            for target in node.targets:
+                elts = target.elts if isinstance(target, ast.Tuple) else [target]
+                names.update(t.id for t in elts if isinstance(t, ast.Name))
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+    return names
+
+
+def _declared_all(tree: ast.Module) -> list[str] | None:
+    for node in tree.body:
+        targets = (
+            node.targets
+            if isinstance(node, ast.Assign)
+            else [node.target]
+            if isinstance(node, ast.AnnAssign)
+            else []
+        )
+        if any(isinstance(t, ast.Name) and t.id == "__all__" for t in targets):
+            value = node.value
+            assert isinstance(value, ast.List | ast.Tuple), "__all__ must be a literal list"
+            return [ast.literal_eval(e) for e in value.elts]
+    return None
+
+
+def test_every_module_declares_its_public_names() -> None:
+    problems = []
+    for path in _sources():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        declared = _declared_all(tree)
+        rel = path.relative_to(REPO)
+        if declared is None:
+            problems.append(f"{rel}: no __all__")
+            continue
+        missing = sorted(set(declared) - _bound_names(tree))
+        if missing:
+            problems.append(f"{rel}: __all__ names {missing}, which it does not define")
+    assert problems == []
+
+
+def _has_reason(lines: list[str], first: int, last: int) -> bool:
+    return any(SIZE_REASON in line for line in lines[max(first - 2, 0) : last])
+
+
+def test_no_module_or_function_is_too_long_without_saying_why() -> None:
+    problems = []
+    for path in _sources():
+        text = path.read_text(encoding="utf-8")
+        lines = text.splitlines()
+        rel = path.relative_to(REPO)
+        if len(lines) > MAX_MODULE_LINES and not _has_reason(lines, 0, 40):
+            problems.append(f"{rel}: {len(lines)} lines")
+        for node in ast.walk(ast.parse(text)):
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            size = (node.end_lineno or node.lineno) - node.lineno + 1
+            start = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+            if size > MAX_FUNCTION_LINES and not _has_reason(lines, start, node.lineno + 1):
+                problems.append(f"{rel}:{node.lineno} {node.name}: {size} lines")
+    assert problems == [], "\n".join(problems)

@@ -27,6 +27,8 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
+from edge.errors import InputError
+from edge.table import TIME_COLUMNS, find_time_column
 from edge.window import median_tick_ms, to_grid
 from training.errors import DataError
 
@@ -42,7 +44,6 @@ __all__ = [
     "read_table",
 ]
 
-TIME_COLUMNS = ("timestamp", "datetime", "time", "ts")
 LABEL_COLUMNS = ("anomaly", "changepoint")
 
 
@@ -132,18 +133,10 @@ def read_table(path: str | Path) -> pd.DataFrame:
 
 
 def _time_column(frame: pd.DataFrame, wanted: str | None, where: str) -> str:
-    if wanted is not None:
-        if wanted not in frame.columns:
-            raise DataError(f"{where}: time column {wanted!r} not found in {list(frame.columns)}")
-        return wanted
-    lower = {str(c).lower(): str(c) for c in frame.columns}
-    for name in TIME_COLUMNS:
-        if name in lower:
-            return lower[name]
-    raise DataError(
-        f"{where}: no time column (looked for {list(TIME_COLUMNS)} in {list(frame.columns)}); "
-        "name it with --time-column"
-    )
+    try:
+        return find_time_column([str(c) for c in frame.columns], wanted, where)
+    except InputError as exc:
+        raise DataError(str(exc)) from exc
 
 
 def parse_times(column: pd.Series, where: str) -> NDArray[np.int64]:

@@ -9,6 +9,8 @@ Hierarchy::
 
 from __future__ import annotations
 
+__all__ = ["DataError", "ExportError", "TrainingError"]
+
 
 class TrainingError(Exception):
     """Root of every error the training package raises."""

@@ -26,6 +26,8 @@ from edge.logs import LOG_FORMATS, configure_logging
 if TYPE_CHECKING:
     from edge.service import ServiceControl
 
+__all__ = ["build_parser", "main", "setup_logging"]
+
 log = logging.getLogger("edge.cli.agent")
 
 HELP_EPILOG = f"""\

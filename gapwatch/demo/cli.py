@@ -68,6 +68,7 @@ def _flag(option: str) -> bool:
     return (_env(option) or "").lower() in {"1", "true", "yes", "on"}
 
 
+# size: one argparse option after another, each with its help text; no logic to split
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gapwatch demo",

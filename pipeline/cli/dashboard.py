@@ -67,6 +67,7 @@ def _env_default(env: Mapping[str, str], name: str, default: int) -> str:
     return env.get(name, str(default))
 
 
+# size: one argparse option after another, each with its help text; no logic to split
 def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
     env = os.environ if env is None else env
     p = argparse.ArgumentParser(

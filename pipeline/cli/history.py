@@ -21,6 +21,8 @@ from pipeline.history import (
 )
 from pipeline.influx import connect_reader
 
+__all__ = ["main", "run_export"]
+
 EPILOG = """\
 Only what the sensors observed is exported: values the agent imputed come back empty, so a
 model retrained on the file never learns from its own guesses. Rows are read one --chunk of

@@ -14,6 +14,8 @@ from edge.errors import BundleError
 from pipeline.errors import PipelineError, RegistryError
 from pipeline.registry import Registry, RegistryEvent, announcer_from_url
 
+__all__ = ["main", "run"]
+
 EPILOG = """\
 The registry is a directory tree that agents read: <root>/<name>/<version>/ bundles, and
 <root>/<name>/CURRENT naming the version to run. Every change is logged in

@@ -18,6 +18,8 @@ from pipeline.influx import connect_reader
 from pipeline.registry import Registry, announcer_from_url
 from pipeline.retrain import RetrainSettings, Tolerance, retrain
 
+__all__ = ["main", "run"]
+
 EPILOG = """\
 Steps: export the observed history [--from, --holdout-from) for training and
 [--holdout-from, --to) for judging; train a challenger (the champion's channels, tick and
@@ -44,6 +46,7 @@ examples:
 PROMOTED, NOT_PROMOTED = 0, 3
 
 
+# size: one argparse option after another, each with its help text; no logic to split
 def _parser() -> argparse.ArgumentParser:
     env = os.environ
     p = argparse.ArgumentParser(

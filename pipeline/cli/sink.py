@@ -28,6 +28,16 @@ from pipeline.sink import (
     TransportUnavailable,
 )
 
+__all__ = [
+    "KafkaDeadLetters",
+    "KafkaRecordSource",
+    "SystemClock",
+    "kafka_security",
+    "main",
+    "run_sink",
+    "tune_interpreter",
+]
+
 log = logging.getLogger(__name__)
 
 EPILOG = """\

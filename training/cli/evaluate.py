@@ -94,6 +94,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     _opt(p, "--log-level", "WARNING", help="logging level")
 
 
+# size: one argparse option after another, each with its help text; no logic to split
 def build_parser() -> argparse.ArgumentParser:
     from training.anomaly_baselines import ANOMALY_BASELINES
     from training.baselines import BASELINE_NAMES

@@ -15,6 +15,8 @@ from training.masks import MaskMix
 from training.train import TrainConfig
 from training.train_bundle import BundleConfig, train_bundle
 
+__all__ = ["config_from_args", "main"]
+
 ENV_PREFIX = "GAPWATCH_TRAIN_"
 
 EPILOG = """\
@@ -61,6 +63,7 @@ def _env(option: str, default: str | None = None) -> str | None:
     return os.environ.get(ENV_PREFIX + option.upper().replace("-", "_"), default)
 
 
+# size: one argparse option after another, each with its help text; no logic to split
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gapwatch train",

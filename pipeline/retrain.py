@@ -4,7 +4,7 @@
    InfluxDB (:mod:`pipeline.history`, imputed entries missing) into two Parquet files.
 2. A challenger is trained on the first part with ``training.train_bundle`` (imported lazily,
    here only; the champion's channels, tick and window are kept so the two are comparable).
-3. Both are scored the way the agent would (:func:`edge.scorer.score_series`) on the same
+3. Both are scored the way the agent would (:func:`edge.series.score_series`) on the same
    held-out part, with the *same* injected masks, in the same units:
 
    - ``imputation_mae``: mean |imputed − true| over hidden observed entries (random 20 % of
@@ -37,7 +37,8 @@ from numpy.typing import NDArray
 
 from edge.bundle import Bundle, current_version_dir, load_bundle
 from edge.errors import EdgeError
-from edge.scorer import ModelLike, score_series
+from edge.scorer import ModelLike
+from edge.series import score_series
 from pipeline.errors import PipelineError
 from pipeline.history import HistoryQuery, export_history, find_channels, format_rfc3339
 from pipeline.influx import InfluxPort

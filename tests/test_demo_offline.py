@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from edge.bundle import Bundle, load_bundle
-from edge.scorer import score_series
+from edge.series import score_series
 from edge.simulate import messages
 from edge.window import to_grid
 from gapwatch.demo.bundle import packaged_dir

@@ -1,7 +1,7 @@
 """Calibration and checks on held-out normal data, run through edge's scorer on the ONNX graph.
 
 A held-out part is the chronologically last ticks of a series (:class:`Holdout`). It is scored
-with :func:`edge.scorer.score_series` starting ``context`` ticks earlier, so windows and the
+with :func:`edge.series.score_series` starting ``context`` ticks earlier, so windows and the
 EWMA are warm when the held-out part begins; only held-out ticks not labelled anomalous count.
 
 - :func:`calibrate_threshold`: on/off at the target false-alarm rate (``edge.threshold``),
@@ -25,7 +25,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edge.bundle import ThresholdSpec
-from edge.scorer import ModelLike, SeriesResult, score_series
+from edge.scorer import ModelLike
+from edge.series import SeriesResult, score_series
 from edge.threshold import calibrate
 from training.baselines import linear_interpolation, locf
 from training.errors import TrainingError

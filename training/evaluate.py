@@ -12,7 +12,7 @@ Imputation (:func:`evaluate_imputation`), per data file:
    :func:`training.masks.random_points`; outages as separate stretches of exactly ``length``
    ticks on one channel or on all) and kept only where the test part was actually observed;
 3. every method fills the hidden test entries: the baselines of :mod:`training.baselines`
-   (in z units) and the VAE through :func:`edge.scorer.score_series` in causal and back-fill
+   (in z units) and the VAE through :func:`edge.series.score_series` in causal and back-fill
    mode (original units, converted to z);
 4. MAE and RMSE in z units over the hidden entries, pooled over files, averaged over seeds.
 
@@ -31,7 +31,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edge.bundle import Manifest
-from edge.scorer import ModelLike, score_series
+from edge.scorer import ModelLike
+from edge.series import score_series
 from training.baselines import BaselineSettings, imputation_baselines
 from training.data import Series
 from training.errors import DataError

@@ -4,7 +4,7 @@ Per file (:class:`LabelledFile`: the original rows with their labels, and the sa
 bundle's tick grid):
 
 1. the first ``warmup`` rows are the file's own training/calibration data and are not scored;
-2. the VAE scores the tick grid causally with :func:`edge.scorer.score_series`, with a warm-up
+2. the VAE scores the tick grid causally with :func:`edge.series.score_series`, with a warm-up
    covering those rows (threshold recalibrated on them, optionally ``rescale``; ``warmup_margin``
    and ``rescale_scale_weight`` override the bundle's, see :mod:`edge.scorer`); each row takes
    the output of the tick it falls on;
@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from edge.scorer import ModelLike, score_series
+from edge.scorer import ModelLike
+from edge.series import score_series
 from training.anomaly_baselines import ANOMALY_BASELINES, CalibrationSettings, run_detector
 from training.data import (
     TIME_COLUMNS,

@@ -22,7 +22,7 @@ import numpy as np
 
 from edge.bundle import MANIFEST_FILE, Bundle, current_version_dir, load_bundle
 from edge.errors import EdgeError, InputError
-from edge.scorer import SeriesResult, score_series
+from edge.series import SeriesResult, score_series
 from edge.table import read_table
 from edge.window import to_grid
 

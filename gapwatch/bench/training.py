@@ -262,7 +262,8 @@ def inference(argv: list[str]) -> int:
 
     import numpy as np
 
-    from edge.scorer import model_inputs, score_series
+    from edge.scorer import model_inputs
+    from edge.series import score_series
     from training.anomaly_baselines import MahalanobisDetector
 
     source = data_dir() / "skab" / "anomaly-free" / "anomaly-free.csv"

@@ -3,7 +3,7 @@
 Each file is replayed the way the agent sees it over MQTT: the simulator's messages (same
 injected gaps, :mod:`gapwatch.demo.inputs`) go through the agent's own tick alignment
 (:class:`edge.align.DeviceAligner`, event time, ``lateness_ticks`` like ``align.lateness_ticks``)
-and then its imputation and scoring core (:func:`edge.scorer.score_series`, the batch twin of
+and then its imputation and scoring core (:func:`edge.series.score_series`, the batch twin of
 the agent's :class:`~edge.scorer.DeviceScorer`). When a file ends, the device falls silent: as
 the live agent's clock does, its next ``max_gap_ticks`` ticks are imputed and then it is
 declared offline. Stored values are the back-fill revision where
@@ -26,7 +26,7 @@ import numpy as np
 from edge.align import ClosedTick, DeviceAligner
 from edge.bundle import Bundle
 from edge.errors import EdgeError
-from edge.scorer import score_series
+from edge.series import score_series
 from edge.simulate import messages
 from gapwatch.demo.errors import DataNotFound, DemoError
 from gapwatch.demo.inputs import Replay

@@ -15,7 +15,8 @@ from numpy.typing import NDArray
 
 from edge.bundle import FORMAT_VERSION, INPUT_NAMES, OUTPUT_NAMES, Channel, Manifest, ThresholdSpec
 from edge.errors import InputError
-from edge.scorer import DeviceScorer, fit_scaling, model_inputs, score_series
+from edge.scorer import DeviceScorer, fit_scaling, model_inputs
+from edge.series import score_series
 
 CHANNELS = ("a", "b", "c", "d")
 TICK_MS = 1000

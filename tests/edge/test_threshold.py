@@ -13,7 +13,8 @@ from numpy.typing import NDArray
 from edge.bundle import FORMAT_VERSION, INPUT_NAMES, OUTPUT_NAMES, Channel, Manifest, ThresholdSpec
 from edge.errors import InputError
 from edge.fakes import CenterModel
-from edge.scorer import DeviceScorer, fit_scaling, score_series
+from edge.scorer import DeviceScorer, fit_scaling
+from edge.series import score_series
 from edge.threshold import alarm_series, calibrate, ewma, ewma_step, hysteresis_step
 
 

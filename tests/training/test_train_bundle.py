@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from edge.bundle import load_bundle
-from edge.scorer import DeviceScorer, score_series
+from edge.scorer import DeviceScorer
+from edge.series import score_series
 from training.data import Series, load_series
 from training.errors import DataError, TrainingError
 from training.train import TrainConfig

@@ -6,8 +6,8 @@ Sources, later ones win:
 2. the TOML file given with ``--config`` (or ``GAPWATCH_AGENT_CONFIG``);
 3. environment variables ``GAPWATCH_AGENT__<SECTION>__<KEY>=<value>``, e.g.
    ``GAPWATCH_AGENT__MQTT__HOST=broker.lan`` or ``GAPWATCH_AGENT__MQTT__TLS__CA_FILE=/etc/ca.pem``
-   (names are case-insensitive; the value is read as a TOML value when it parses as one
-   (``1884``, ``true``, ``["a", "b"]``, ``[{match = "*", bundle = "skab"}]``), else as a string);
+   (names are case-insensitive; values are typed by the field they set, string fields taken
+   verbatim: the grammar of :mod:`edge.settings`, shared with the sink and the dashboard);
 4. ``--set section.key=value`` on the command line (same value rules).
 
 Every problem is reported at once in a :class:`~edge.errors.ConfigError` naming the dotted
@@ -17,18 +17,14 @@ to a default).
 
 from __future__ import annotations
 
-import dataclasses
 import fnmatch
 import os
 import socket
-import tomllib
-import types
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from edge import settings
 from edge.errors import ConfigError
 from edge.schema import DEADLETTER_TOPIC, SCORED_TOPIC
 
@@ -46,7 +42,6 @@ __all__ = [
     "MqttConfig",
     "SpoolConfig",
     "TlsConfig",
-    "env_overrides",
     "load_config",
 ]
 
@@ -194,34 +189,16 @@ def load_config(
     sets: list[str] | tuple[str, ...] = (),
 ) -> AgentConfig:
     """Build the config from a TOML file, environment overrides and ``key=value`` sets."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            with open(path, "rb") as fh:
-                data = tomllib.load(fh)
-        except FileNotFoundError as exc:
-            raise ConfigError(
-                f"config file {str(path)!r} not found; pass an existing --config"
-            ) from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from exc
-        except UnicodeDecodeError as exc:
-            raise ConfigError(
-                f"config file {str(path)!r} is not UTF-8 text (byte {exc.start}); save it as UTF-8"
-            ) from exc
-        except OSError as exc:
-            raise ConfigError(
-                f"config file {str(path)!r} cannot be read ({exc.strerror}); pass a readable file"
-            ) from exc
-    for dotted, value in env_overrides(os.environ if env is None else env):
-        _assign(data, dotted, value)
-    for item in sets:
-        dotted, sep, raw = item.partition("=")
-        if not sep or not dotted.strip():
-            raise ConfigError(f"--set {item!r} must look like section.key=value")
-        _assign(data, dotted.strip().lower(), _parse_value(raw))
     problems: list[str] = []
-    config = _build(AgentConfig, data, "", problems)
+    config = settings.load(
+        AgentConfig,
+        path=None if path is None else Path(path),
+        env=os.environ if env is None else env,
+        prefix=ENV_PREFIX,
+        example="gapwatch agent --sample-config",
+        sets=sets,
+        problems=problems,
+    )
     if not problems:
         problems.extend(_check(config))
     if problems:
@@ -229,101 +206,6 @@ def load_config(
         raise ConfigError(f"invalid agent config:\n  - {joined}")
     assert isinstance(config, AgentConfig)
     return config
-
-
-def env_overrides(env: Mapping[str, str]) -> list[tuple[str, Any]]:
-    """``GAPWATCH_AGENT__MQTT__PORT=1884`` -> ``[("mqtt.port", 1884)]`` (sorted, deterministic)."""
-    out = []
-    for name in sorted(env):
-        if name.upper().startswith(ENV_PREFIX):
-            dotted = ".".join(p.lower() for p in name[len(ENV_PREFIX) :].split("__"))
-            out.append((dotted, _parse_value(env[name])))
-    return out
-
-
-def _parse_value(raw: str) -> Any:
-    try:
-        return tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        return raw
-
-
-def _assign(data: dict[str, Any], dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    node = data
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"{dotted}: {part!r} is a value, not a section")
-        node = child
-    node[parts[-1]] = value
-
-
-def _build(cls: type[Any], data: Any, where: str, problems: list[str]) -> Any:
-    if not isinstance(data, dict):
-        problems.append(f"{where or 'config'} must be a table, got {data!r}")
-        return cls() if cls is not DeviceRule else None
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in sorted(set(data) - set(fields)):
-        close = [n for n in fields if n.startswith(key[:3])]
-        hint = f" (did you mean {close[0]!r}?)" if close else f"; known keys: {sorted(fields)}"
-        problems.append(f"{where}{key}: unknown key{hint}")
-    kwargs: dict[str, Any] = {}
-    for name, f in fields.items():
-        if name not in data:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                problems.append(f"{where}{name}: required, add it")
-            continue
-        kwargs[name] = _coerce(hints[name], data[name], f"{where}{name}", problems)
-    try:
-        return cls(**kwargs)
-    except TypeError:
-        return None
-
-
-def _coerce(hint: Any, value: Any, where: str, problems: list[str]) -> Any:
-    origin = typing.get_origin(hint)
-    if dataclasses.is_dataclass(hint):
-        return _build(typing.cast(type[Any], hint), value, f"{where}.", problems)
-    if origin is tuple:
-        (item,) = {a for a in typing.get_args(hint) if a is not Ellipsis}
-        if isinstance(value, str) and item is str:
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, list):
-            problems.append(f"{where}: expected a list, got {value!r}")
-            return ()
-        items = [_coerce(item, v, f"{where}[{i}]", problems) for i, v in enumerate(value)]
-        return tuple(items)
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        problems.append(f"{where}: expected true or false, got {value!r}")
-        return False
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        problems.append(f"{where}: expected an integer, got {value!r}")
-        return 0
-    if hint is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            try:
-                return float(value)
-            except OverflowError:  # TOML integers have no size limit
-                problems.append(f"{where}: {value!r:.30}... is out of range")
-                return 0.0
-        problems.append(f"{where}: expected a number, got {value!r}")
-        return 0.0
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return str(value)  # e.g. protocol = 5
-        problems.append(f"{where}: expected a string, got {value!r}")
-        return ""
-    if isinstance(hint, types.UnionType):  # pragma: no cover - no unions in the config today
-        raise TypeError(f"unsupported config type {hint}")
-    raise TypeError(f"unsupported config type {hint}")
 
 
 def _check(c: AgentConfig) -> list[str]:

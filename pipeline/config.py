@@ -10,18 +10,16 @@ field, the bad value and the fix. The commented example is ``deploy/pipeline/sin
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import math
 import os
-import tomllib
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from edge import settings
+from edge.errors import ConfigError as EdgeConfigError
 from pipeline.errors import ConfigError
 
 ENV_PREFIX = "GAPWATCH_SINK__"
@@ -121,58 +119,6 @@ class SinkConfig:
         return out
 
 
-def _coerce(raw: Any, kind: Any, where: str) -> Any:
-    if kind is bool:
-        if isinstance(raw, bool):
-            return raw
-        if isinstance(raw, str) and raw.lower() in {"1", "true", "yes", "on", "0", "false", "no"}:
-            return raw.lower() in {"1", "true", "yes", "on"}
-        raise ConfigError(f"{where} = {raw!r} is not a boolean; use true or false")
-    if kind is int:
-        if isinstance(raw, int) and not isinstance(raw, bool):
-            return raw
-        if isinstance(raw, str):
-            try:
-                return int(raw)
-            except ValueError:
-                pass
-        raise ConfigError(f"{where} = {raw!r} is not an integer; write a whole number")
-    if kind is float:
-        value = math.nan
-        if isinstance(raw, int | float) and not isinstance(raw, bool):
-            try:
-                value = float(raw)
-            except OverflowError as exc:  # TOML integers have no size limit
-                raise ConfigError(f"{where} = {raw!r:.30}... is out of range") from exc
-        elif isinstance(raw, str):
-            with contextlib.suppress(ValueError):
-                value = float(raw)
-        if math.isnan(value):  # NaN passes every "must be > 0" check: refuse it here
-            raise ConfigError(f"{where} = {raw!r} is not a number; write e.g. 1.5")
-        return value
-    if not isinstance(raw, str):
-        raise ConfigError(f"{where} = {raw!r} is not a string; quote it")
-    return raw
-
-
-def _section(cls: type[Any], name: str, data: Mapping[str, Any], env: Mapping[str, str]) -> Any:
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(
-            f"[{name}] has unknown key(s) {unknown}; known keys: {', '.join(sorted(known))}"
-        )
-    values: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        env_key = f"{ENV_PREFIX}{name.upper()}__{f.name.upper()}"
-        if env_key in env:
-            values[f.name] = _coerce(env[env_key], hints[f.name], f"{env_key} ({name}.{f.name})")
-        elif f.name in data:
-            values[f.name] = _coerce(data[f.name], hints[f.name], f"{name}.{f.name}")
-    return cls(**values)
-
-
 def _positive(value: float, where: str, hint: str) -> None:
     if not value > 0:
         raise ConfigError(f"{where} = {value!r} must be > 0; {hint}")
@@ -246,49 +192,26 @@ def check_influx(i: InfluxSettings, where: str = "influx") -> None:
 
 
 def load_sink_config(path: str | Path | None, env: Mapping[str, str]) -> SinkConfig:
-    """Read ``path`` (or only defaults when None), apply ``env`` overrides, validate."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            with Path(path).open("rb") as fh:
-                data = tomllib.load(fh)
-        except FileNotFoundError as exc:
-            raise ConfigError(
-                f"config file {path} not found; see deploy/pipeline/sink.toml"
-            ) from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
-        except UnicodeDecodeError as exc:
-            raise ConfigError(
-                f"config file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8"
-            ) from exc
-        except OSError as exc:
-            raise ConfigError(
-                f"config file {path} cannot be read ({exc.strerror}); pass a readable file"
-            ) from exc
-    sections = {f.name: f.type for f in dataclasses.fields(SinkConfig)}
-    unknown = sorted(set(data) - set(sections))
-    if unknown:
-        raise ConfigError(f"unknown section(s) {unknown}; known: {', '.join(sections)}")
-    hints = typing.get_type_hints(SinkConfig)
-    known_env = {
-        f"{ENV_PREFIX}{name.upper()}__{f.name.upper()}"
-        for name in sections
-        for f in dataclasses.fields(hints[name])
-    }
-    stray = sorted(k for k in env if k.startswith(ENV_PREFIX) and k not in known_env)
-    if stray:
-        raise ConfigError(
-            f"unknown environment override(s) {stray}; they look like "
-            f"{ENV_PREFIX}<SECTION>__<KEY>, e.g. {ENV_PREFIX}INFLUX__URL"
+    """Read ``path`` (or only defaults when None), apply ``env`` overrides, validate.
+
+    The grammar is :mod:`edge.settings`' (the agent's and the dashboard's too):
+    ``GAPWATCH_SINK__<SECTION>__<KEY>``, string fields verbatim, every problem at once.
+    """
+    problems: list[str] = []
+    try:
+        cfg = settings.load(
+            SinkConfig,
+            path=path,
+            env=env,
+            prefix=ENV_PREFIX,
+            example="deploy/pipeline/sink.toml",
+            problems=problems,
         )
-    built = {}
-    for name in sections:
-        raw = data.get(name, {})
-        if not isinstance(raw, dict):
-            raise ConfigError(f"[{name}] must be a table, got {raw!r}")
-        built[name] = _section(hints[name], name, raw, env)
-    cfg = SinkConfig(**built)
+    except EdgeConfigError as exc:
+        raise ConfigError(str(exc)) from exc
+    if problems:
+        raise ConfigError("invalid sink config:\n  - " + "\n  - ".join(problems))
+    assert isinstance(cfg, SinkConfig)
     _validate(cfg)
     return cfg
 

@@ -14,10 +14,12 @@ import signal
 import sys
 import urllib.parse
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from types import FrameType
 
+from edge import settings
+from edge.errors import ConfigError as EdgeConfigError
 from edge.logs import LOG_FORMATS, configure_logging
 from pipeline.dashboard.api import MAX_POINTS_CAP, DashboardApi
 from pipeline.dashboard.influx_source import InfluxSource
@@ -26,50 +28,64 @@ from pipeline.errors import ConfigError, StorageError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DashboardConfig", "build_parser", "load_config", "main"]
+__all__ = ["ENV_PREFIX", "DashboardConfig", "build_parser", "load_config", "main"]
+
+ENV_PREFIX = "GAPWATCH_DASHBOARD__"
 
 EPILOG = """\
-environment (a flag given on the command line wins):
-  GAPWATCH_DASHBOARD_INFLUX_URL, GAPWATCH_DASHBOARD_INFLUX_DATABASE,
-  GAPWATCH_DASHBOARD_INFLUX_USERNAME, GAPWATCH_DASHBOARD_INFLUX_PASSWORD,
-  GAPWATCH_DASHBOARD_INFLUX_TOKEN, GAPWATCH_DASHBOARD_HOST, GAPWATCH_DASHBOARD_PORT,
-  GAPWATCH_DASHBOARD_MAX_POINTS, GAPWATCH_DASHBOARD_REFRESH_S, GAPWATCH_LOG_LEVEL,
-  GAPWATCH_LOG_FORMAT
+configuration, later ones win: defaults, a TOML file (--config), the environment
+GAPWATCH_DASHBOARD__<KEY> (the grammar of the agent and the sink: string values verbatim), flags.
+Keys: influx_url, database, username, password, token, host, port, max_points, refresh_s,
+log_level, log_format; e.g. GAPWATCH_DASHBOARD__INFLUX_URL=http://influx:8086,
+GAPWATCH_DASHBOARD__PASSWORD (keep secrets out of flags: they show up in ps).
 
 examples:
   # the local stack (deploy/local/stack up) and the database the sink writes
   gapwatch dashboard --influx http://127.0.0.1:18086 --db gapwatch
   # share it on the LAN (read-only page, no login: only on a trusted network)
-  GAPWATCH_DASHBOARD_HOST=0.0.0.0 gapwatch dashboard --db gapwatch
+  GAPWATCH_DASHBOARD__HOST=0.0.0.0 gapwatch dashboard --db gapwatch
 
 The page needs no internet: scripts, styles and charts come from the installed package.
 Replayed history keeps its original timestamps: pick "All data" in the range bar to see it.
 The same data in Grafana: deploy/grafana/ (provisioning + dashboard JSON).
 """
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
 
 @dataclass(frozen=True)
 class DashboardConfig:
-    influx_url: str
-    database: str
-    username: str | None
-    password: str | None
-    token: str | None
-    host: str
-    port: int
-    max_points: int
-    refresh_s: int
-    log_level: str
-    log_format: str
+    influx_url: str = "http://127.0.0.1:8086"  # 1.x query API (2.x: its v1-compatible API)
+    database: str = "gapwatch"
+    username: str = ""
+    password: str = ""
+    token: str = ""
+    host: str = "127.0.0.1"  # this machine only; 0.0.0.0 for every interface
+    port: int = 8050  # 0 picks a free one
+    max_points: int = 800
+    refresh_s: int = 30
+    log_level: str = "INFO"
+    log_format: str = "text"
 
 
-def _env_default(env: Mapping[str, str], name: str, default: int) -> str:
-    return env.get(name, str(default))
+# Flag → config key (the flags are the last, highest-precedence source).
+FLAGS = {
+    "influx": "influx_url",
+    "db": "database",
+    "influx_user": "username",
+    "influx_password": "password",
+    "influx_token": "token",
+    "host": "host",
+    "port": "port",
+    "max_points": "max_points",
+    "refresh": "refresh_s",
+    "log_level": "log_level",
+    "log_format": "log_format",
+}
 
 
 # size: one argparse option after another, each with its help text; no logic to split
-def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
-    env = os.environ if env is None else env
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gapwatch dashboard",
         description="Serve a local web page with the fleet overview, per-device scores and "
@@ -78,124 +94,117 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    d = DashboardConfig()
+    p.add_argument("--config", metavar="TOML", help="a TOML file with the keys below")
     p.add_argument(
         "--influx",
-        default=env.get("GAPWATCH_DASHBOARD_INFLUX_URL", "http://127.0.0.1:8086"),
         metavar="URL",
-        help="InfluxDB base URL, 1.x API (env GAPWATCH_DASHBOARD_INFLUX_URL; default %(default)s; "
+        help=f"InfluxDB base URL, 1.x API (influx_url; default {d.influx_url}; "
         "the local stack listens on http://127.0.0.1:18086)",
     )
     p.add_argument(
-        "--db",
-        default=env.get("GAPWATCH_DASHBOARD_INFLUX_DATABASE", "gapwatch"),
-        metavar="NAME",
-        help="database the sink writes "
-        "(env GAPWATCH_DASHBOARD_INFLUX_DATABASE; default %(default)s)",
+        "--db", metavar="NAME", help=f"database the sink writes (database; default {d.database})"
     )
-    p.add_argument(
-        "--influx-user",
-        default=env.get("GAPWATCH_DASHBOARD_INFLUX_USERNAME"),
-        metavar="USER",
-        help="InfluxDB user, if auth is on (env GAPWATCH_DASHBOARD_INFLUX_USERNAME)",
-    )
+    p.add_argument("--influx-user", metavar="USER", help="InfluxDB user, if auth is on (username)")
     p.add_argument(
         "--influx-password",
-        default=env.get("GAPWATCH_DASHBOARD_INFLUX_PASSWORD"),
         metavar="PASSWORD",
-        help="its password; prefer the env GAPWATCH_DASHBOARD_INFLUX_PASSWORD "
-        "(flags show up in ps)",
+        help="its password; prefer GAPWATCH_DASHBOARD__PASSWORD (flags show up in ps)",
     )
     p.add_argument(
         "--influx-token",
-        default=env.get("GAPWATCH_DASHBOARD_INFLUX_TOKEN"),
         metavar="TOKEN",
-        help="InfluxDB 2.x token for its 1.x-compatible query API "
-        "(env GAPWATCH_DASHBOARD_INFLUX_TOKEN)",
+        help="InfluxDB 2.x token for its 1.x-compatible query API (token)",
     )
     p.add_argument(
         "--host",
-        default=env.get("GAPWATCH_DASHBOARD_HOST", "127.0.0.1"),
-        help="address to listen on (env GAPWATCH_DASHBOARD_HOST; default %(default)s, "
-        "this machine only; 0.0.0.0 for every interface)",
+        help=f"address to listen on (host; default {d.host}, this machine only; "
+        "0.0.0.0 for every interface)",
     )
-    p.add_argument(
-        "--port",
-        default=_env_default(env, "GAPWATCH_DASHBOARD_PORT", 8050),
-        help="TCP port, 0 picks a free one (env GAPWATCH_DASHBOARD_PORT; default %(default)s)",
-    )
+    p.add_argument("--port", help=f"TCP port, 0 picks a free one (port; default {d.port})")
     p.add_argument(
         "--max-points",
-        default=_env_default(env, "GAPWATCH_DASHBOARD_MAX_POINTS", 800),
         metavar="N",
         help="most points per chart; longer ranges are averaged in time buckets "
-        "(env GAPWATCH_DASHBOARD_MAX_POINTS; default %(default)s)",
+        f"(max_points; default {d.max_points})",
     )
     p.add_argument(
         "--refresh",
-        default=_env_default(env, "GAPWATCH_DASHBOARD_REFRESH_S", 30),
         metavar="SECONDS",
-        help="how often the page reloads its data (env GAPWATCH_DASHBOARD_REFRESH_S; "
-        "default %(default)s)",
+        help=f"how often the page reloads its data (refresh_s; default {d.refresh_s})",
     )
     p.add_argument(
-        "--log-level",
-        default=env.get("GAPWATCH_LOG_LEVEL", "INFO"),
-        help="DEBUG logs every request (env GAPWATCH_LOG_LEVEL; default %(default)s)",
+        "--log-level", help=f"DEBUG logs every request (log_level; default {d.log_level})"
     )
     p.add_argument(
         "--log-format",
-        default=env.get("GAPWATCH_LOG_FORMAT", "text"),
         choices=LOG_FORMATS,
-        help="text for a terminal, json for a log collector (env GAPWATCH_LOG_FORMAT; "
-        "default %(default)s)",
+        help=f"text for a terminal, json for a log collector (log_format; default {d.log_format})",
     )
     return p
 
 
-def _as_int(value: object, flag: str, env: str, low: int, high: int) -> int:
-    try:
-        number = int(str(value))
-    except ValueError as exc:
-        raise ConfigError(f"{flag} {value!r} is not an integer (also read from {env})") from exc
-    if not low <= number <= high:
-        raise ConfigError(f"{flag} {number} is out of range; use {low}..{high} (or unset {env})")
-    return number
+def _in_range(problems: list[str], key: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
+        problems.append(f"{key} {value} is out of range; use {low}..{high}")
 
 
-def load_config(args: argparse.Namespace) -> DashboardConfig:
-    """Validate the parsed flags; ConfigError names the bad flag, its value and the fix."""
-    url = str(args.influx).rstrip("/")
-    parts = urllib.parse.urlsplit(url)
+def _check(c: DashboardConfig) -> list[str]:
+    problems: list[str] = []
+    parts = urllib.parse.urlsplit(c.influx_url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigError(
-            f"--influx {url!r} is not an http(s) URL; give e.g. http://127.0.0.1:8086 "
-            "(also read from GAPWATCH_DASHBOARD_INFLUX_URL)"
+        problems.append(
+            f"influx_url {c.influx_url!r} is not an http(s) URL; give e.g. http://127.0.0.1:8086"
         )
-    if parts.username or parts.password:
-        raise ConfigError(
-            "--influx must not carry credentials; use --influx-user/--influx-password"
+    elif parts.username or parts.password:
+        problems.append("influx_url must not carry credentials; use username and password")
+    if not c.database.strip():
+        problems.append("database is empty; name the database the sink writes")
+    _in_range(problems, "port", c.port, 0, 65535)
+    _in_range(problems, "max_points", c.max_points, 10, MAX_POINTS_CAP)
+    _in_range(problems, "refresh_s", c.refresh_s, 2, 3600)
+    if c.log_level.upper() not in LOG_LEVELS:
+        problems.append(f"log_level {c.log_level!r} is not one of {' '.join(LOG_LEVELS)}")
+    if c.log_format not in (*LOG_FORMATS, "kv"):
+        problems.append(f"log_format {c.log_format!r}: use one of {', '.join(LOG_FORMATS)}")
+    return problems
+
+
+def load_config(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> DashboardConfig:
+    """Defaults, ``--config``, ``GAPWATCH_DASHBOARD__*``, flags; ConfigError lists each problem."""
+    env = os.environ if env is None else env
+    renamed = sorted(k for k in env if k.startswith("GAPWATCH_DASHBOARD_") and "__" not in k)
+    flags = [
+        (key, str(getattr(args, name)), "--" + name.replace("_", "-"))
+        for name, key in FLAGS.items()
+        if getattr(args, name, None) is not None
+    ]
+    problems = [
+        f"{k} is the old name; write {ENV_PREFIX}{k.removeprefix('GAPWATCH_DASHBOARD_')}"
+        for k in renamed
+    ]
+    try:
+        config = settings.load(
+            DashboardConfig,
+            path=args.config,
+            env=env,
+            prefix=ENV_PREFIX,
+            example="gapwatch dashboard --help",
+            flags=flags,
+            problems=problems,
         )
-    if not str(args.db).strip():
-        raise ConfigError(
-            "--db is empty; name the database the sink writes (GAPWATCH_DASHBOARD_INFLUX_DATABASE)"
-        )
-    level = str(args.log_level).upper()
-    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise ConfigError(f"--log-level {args.log_level!r} is not one of DEBUG INFO WARNING ERROR")
-    return DashboardConfig(
-        influx_url=url,
-        database=str(args.db).strip(),
-        username=args.influx_user or None,
-        password=args.influx_password or None,
-        token=args.influx_token or None,
-        host=str(args.host),
-        port=_as_int(args.port, "--port", "GAPWATCH_DASHBOARD_PORT", 0, 65535),
-        max_points=_as_int(
-            args.max_points, "--max-points", "GAPWATCH_DASHBOARD_MAX_POINTS", 10, MAX_POINTS_CAP
-        ),
-        refresh_s=_as_int(args.refresh, "--refresh", "GAPWATCH_DASHBOARD_REFRESH_S", 2, 3600),
-        log_level=level,
-        log_format=str(args.log_format),
+    except EdgeConfigError as exc:
+        raise ConfigError(str(exc)) from exc
+    if not problems:
+        problems = _check(config)
+    if problems:
+        raise ConfigError("invalid dashboard config:\n  - " + "\n  - ".join(problems))
+    assert isinstance(config, DashboardConfig)
+    return replace(
+        config,
+        influx_url=config.influx_url.rstrip("/"),
+        database=config.database.strip(),
+        log_level=config.log_level.upper(),
     )
 
 
@@ -219,9 +228,9 @@ def main(argv: list[str]) -> int:
     source = InfluxSource(
         config.influx_url,
         config.database,
-        username=config.username,
-        password=config.password,
-        token=config.token,
+        username=config.username or None,
+        password=config.password or None,
+        token=config.token or None,
     )
     api = DashboardApi(
         source,
@@ -243,7 +252,7 @@ def main(argv: list[str]) -> int:
     except OSError as exc:
         _say(
             f"gapwatch dashboard: cannot listen on {config.host}:{config.port} ({exc.strerror}); "
-            "pick another --port (GAPWATCH_DASHBOARD_PORT) or stop what uses it",
+            "pick another --port (GAPWATCH_DASHBOARD__PORT) or stop what uses it",
             err=True,
         )
         return 2

@@ -46,7 +46,7 @@ DEFAULT_RANGE = "1h"
 MAX_POINTS_CAP = 5_000
 STORE_HINT = (
     "Check that InfluxDB is running and reachable from the dashboard "
-    "(locally: deploy/local/stack status), or fix --influx / GAPWATCH_DASHBOARD_INFLUX_URL."
+    "(locally: deploy/local/stack status), or fix --influx / GAPWATCH_DASHBOARD__INFLUX_URL."
 )
 
 

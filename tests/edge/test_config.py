@@ -147,3 +147,32 @@ bundle = "other"
         write(tmp_path, '[[devices]]\nmatch = "lab/*"\nbundle = "p"\n'), env={}
     )
     assert only_pumps.rule_for("yard", "fan") is None
+
+
+def test_string_fields_from_the_environment_are_taken_verbatim() -> None:
+    env = {
+        "GAPWATCH_AGENT__DEVICES": '[{match="*", bundle="m"}]',
+        "GAPWATCH_AGENT__MQTT__PASSWORD": "0x1F",  # TOML would read the number 31
+        "GAPWATCH_AGENT__MQTT__USERNAME": "true",
+        "GAPWATCH_AGENT__KAFKA__SASL_PASSWORD": "[not a list",
+        "GAPWATCH_AGENT__SITE": '"plant-7"',  # a complete TOML string is unquoted
+    }
+    config = load_config(None, env=env)
+    assert config.mqtt.password == "0x1F"
+    assert config.mqtt.username == "true"
+    assert config.kafka.sasl_password == "[not a list"
+    assert config.site == "plant-7"
+
+
+def test_a_bad_environment_value_names_its_variable() -> None:
+    env = {
+        "GAPWATCH_AGENT__DEVICES": '[{match="*", bundle="m"}]',
+        "GAPWATCH_AGENT__MQTT__PORT": "eighteen",
+        "GAPWATCH_AGENT__MQTT__PROTCOL": "5",
+    }
+    with pytest.raises(ConfigError) as err:
+        load_config(None, env=env)
+    msg = str(err.value)
+    assert "mqtt.port (from GAPWATCH_AGENT__MQTT__PORT): expected an integer" in msg
+    assert "mqtt.protcol: unknown key (from GAPWATCH_AGENT__MQTT__PROTCOL)" in msg
+    assert "did you mean 'protocol'?" in msg

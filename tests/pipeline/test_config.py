@@ -58,15 +58,27 @@ def test_file_values_then_environment_overrides(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "env", "message"),
     [
-        ("[kafka]\nbootstrp = 'x'\n", {}, r"\[kafka\] has unknown key\(s\) \['bootstrp'\]"),
-        ("[kafak]\n", {}, r"unknown section\(s\) \['kafak'\]"),
-        ("[batch]\nmax_points = 'many'\n", {}, "batch.max_points = 'many' is not an integer"),
+        (
+            "[kafka]\nbootstrp = 'x'\n",
+            {},
+            r"kafka.bootstrp: unknown key \(did you mean 'bootstrap'\?\)",
+        ),
+        ("[kafak]\n", {}, r"kafak: unknown key \(did you mean 'kafka'\?\)"),
+        ("[batch]\nmax_points = 'many'\n", {}, "batch.max_points: expected an integer, got 'many'"),
         ("[batch]\nmax_points = 0\n", {}, "batch.max_points = 0 must be > 0"),
         ("[influx]\nkind = 'v3'\n", {}, "use 'v1' for InfluxDB 1.x or 'v2'"),
         ("[influx]\nkind = 'v2'\norg = 'o'\nbucket = 'b'\n", {}, "influx.token is empty"),
         ("[influx]\nurl = 'db:8086'\n", {}, "write it as http://host:port"),
-        ("", {"GAPWATCH_SINK__INFLUX__GZIP": "maybe"}, "is not a boolean"),
-        ("", {"GAPWATCH_SINK__INFLUX__PASWORD": "x"}, "unknown environment override"),
+        (
+            "",
+            {"GAPWATCH_SINK__INFLUX__GZIP": "maybe"},
+            r"influx.gzip \(from GAPWATCH_SINK__INFLUX__GZIP\): expected true or false",
+        ),
+        (
+            "",
+            {"GAPWATCH_SINK__INFLUX__PASWORD": "x"},
+            r"influx.pasword: unknown key \(from GAPWATCH_SINK__INFLUX__PASWORD\)",
+        ),
         (
             "[kafka]\nsession_timeout_ms = 6000\nheartbeat_interval_ms = 3000\n",
             {},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -11,7 +12,7 @@ from pipeline.errors import ConfigError
 
 
 def config_from(argv: list[str], env: dict[str, str] | None = None) -> DashboardConfig:
-    return load_config(build_parser(env or {}).parse_args(argv))
+    return load_config(build_parser().parse_args(argv), env or {})
 
 
 def test_defaults_flags_and_environment() -> None:
@@ -23,17 +24,17 @@ def test_defaults_flags_and_environment() -> None:
         8050,
     )
     env = {
-        "GAPWATCH_DASHBOARD_INFLUX_URL": "http://influx:18086/",
-        "GAPWATCH_DASHBOARD_INFLUX_DATABASE": "plant",
-        "GAPWATCH_DASHBOARD_PORT": "9000",
-        "GAPWATCH_DASHBOARD_INFLUX_PASSWORD": "secret",
+        "GAPWATCH_DASHBOARD__INFLUX_URL": "http://influx:18086/",
+        "GAPWATCH_DASHBOARD__DATABASE": "plant",
+        "GAPWATCH_DASHBOARD__PORT": "9000",
+        "GAPWATCH_DASHBOARD__PASSWORD": "0x1F",  # verbatim, as in the agent and the sink
     }
     cfg = config_from([], env)
     assert (cfg.influx_url, cfg.database, cfg.port, cfg.password) == (
         "http://influx:18086",
         "plant",
         9000,
-        "secret",
+        "0x1F",
     )
     cfg = config_from(["--db", "other", "--port", "0"], env)  # a flag wins over the environment
     assert (cfg.database, cfg.port) == ("other", 0)
@@ -42,13 +43,13 @@ def test_defaults_flags_and_environment() -> None:
 @pytest.mark.parametrize(
     ("argv", "needle"),
     [
-        (["--influx", "influx:8086"], "--influx 'influx:8086' is not an http(s) URL"),
+        (["--influx", "influx:8086"], "influx_url 'influx:8086' is not an http(s) URL"),
         (["--influx", "http://u:p@influx:8086"], "must not carry credentials"),
-        (["--db", " "], "--db is empty"),
-        (["--port", "http"], "--port 'http' is not an integer"),
-        (["--port", "70000"], "--port 70000 is out of range"),
-        (["--max-points", "3"], "--max-points 3 is out of range"),
-        (["--log-level", "loud"], "--log-level 'loud'"),
+        (["--db", " "], "database is empty"),
+        (["--port", "http"], "port (from --port): expected an integer, got 'http'"),
+        (["--port", "70000"], "port 70000 is out of range"),
+        (["--max-points", "3"], "max_points 3 is out of range"),
+        (["--log-level", "loud"], "log_level 'loud'"),
     ],
 )
 def test_bad_values_name_the_flag_and_the_fix(argv: list[str], needle: str) -> None:
@@ -62,7 +63,7 @@ def test_help_teaches_the_environment_and_all_data(capsys: pytest.CaptureFixture
         main(["--help"])
     assert info.value.code == 0
     out = capsys.readouterr().out
-    for needle in ("GAPWATCH_DASHBOARD_INFLUX_URL", "--db", "All data", "deploy/grafana", "18086"):
+    for needle in ("GAPWATCH_DASHBOARD__INFLUX_URL", "--db", "All data", "deploy/grafana", "18086"):
         assert needle in out
 
 
@@ -84,3 +85,15 @@ def test_a_busy_port_exits_2_naming_the_flag(
     err = capsys.readouterr().err
     assert f"cannot listen on 127.0.0.1:{port}" in err
     assert "--port" in err
+
+
+def test_old_environment_names_are_refused_with_the_new_name() -> None:
+    with pytest.raises(ConfigError, match="write GAPWATCH_DASHBOARD__HOST"):
+        config_from([], {"GAPWATCH_DASHBOARD__HOST": "0.0.0.0"})
+
+
+def test_a_config_file_sits_below_the_environment(tmp_path: Path) -> None:
+    path = tmp_path / "dashboard.toml"
+    path.write_text('database = "from-file"\nport = 9100\n', encoding="utf-8")
+    cfg = config_from(["--config", str(path)], {"GAPWATCH_DASHBOARD__PORT": "9200"})
+    assert (cfg.database, cfg.port) == ("from-file", 9200)

@@ -14,6 +14,7 @@ a time, to learn which spool ids already arrived (see :mod:`edge.forward`).
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -235,8 +236,21 @@ class KafkaSink:
         try:
             producer.close(timeout=timeout_s)
         except KafkaError as exc:
-            # kafka-python's close() raises from its flush before it forces the sender down
-            log.warning("kafka.close_forced", extra={"error": repr(exc)})
-            sender = getattr(producer, "_sender", None)
-            if sender is not None:
-                sender.force_close()
+            # close() flushes first and raises while records are still pending (a broker that
+            # is gone). kafka-python has no public force-close, so the old producer is closed
+            # in the background: its pending records expire within delivery_timeout_ms (they
+            # are still in the spool and are resent by the new producer), then close() returns.
+            log.warning("kafka.close_deferred", extra={"error": repr(exc)})
+            later_s = self._config.delivery_timeout_ms / 1000.0 + 5.0
+            threading.Thread(
+                target=_close_later, args=(producer, later_s), name="kafka-close", daemon=True
+            ).start()
+
+
+def _close_later(producer: Any, timeout_s: float) -> None:
+    from kafka.errors import KafkaError
+
+    try:
+        producer.close(timeout=timeout_s)
+    except KafkaError as exc:
+        log.error("kafka.close_failed", extra={"error": repr(exc), "waited_s": timeout_s})

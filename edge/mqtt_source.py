@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import ssl
-import struct
 import threading
 import time
 from collections import deque
@@ -37,27 +36,15 @@ __all__ = ["MqttSource"]
 
 log = logging.getLogger(__name__)
 _ENQUEUE_WAIT_S = 5.0
-_PUBACK = struct.Struct("!BBH")  # fixed header 0x40, remaining length 2, packet id
-_PUBACK_TYPE = 0x40
 _STATUS_WAIT_S = 2.0
 ONLINE = b"online"
 OFFLINE = b"offline"
 
 
 def send_pubacks(client: Any, mids: Sequence[int]) -> None:
-    """PUBACK each packet id, as ``client.ack(mid, 1)`` would, in one write.
-
-    paho queues (and writes) every acknowledgement on its own; a batch of them goes out here
-    as one queued buffer of the same 4-byte PUBACK packets (MQTT packets may share a write).
-    Falls back to ``client.ack`` where paho lacks the internal queue it uses.
-    """
-    queue_packet = getattr(client, "_packet_queue", None)
-    if queue_packet is None or len(mids) == 1:
-        for mid in mids:
-            client.ack(mid, 1)
-        return
-    pack = _PUBACK.pack
-    queue_packet(_PUBACK_TYPE, b"".join([pack(_PUBACK_TYPE, 2, mid) for mid in mids]), 0, 0)
+    """PUBACK each packet id through paho's public manual-ack API (``client.ack(mid, qos)``)."""
+    for mid in mids:
+        client.ack(mid, 1)
 
 
 class MqttSource:

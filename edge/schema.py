@@ -22,7 +22,6 @@ from __future__ import annotations
 import base64
 import json
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,37 +41,33 @@ __all__ = [
 ]
 
 
-# One encoder for every record. json.dumps with these options builds a new encoder per call;
-# the C encoder built once writes the same text (without the circular-reference check, which
-# plain record dicts never need).
-_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
-_DL_ENCODER = json.JSONEncoder(separators=(",", ":"))
+# One encoder for every record: orjson (compact, UTF-8, NaN written as null) when installed,
+# else the json module with the same separators. Scored records never hold NaN (every float
+# goes through _finite_or_none); dead letters may, and both encoders write it as valid JSON.
+try:
+    import orjson
 
+    def _encode(obj: Any) -> bytes:
+        return orjson.dumps(obj)
 
-def _make_fast(enc: json.JSONEncoder) -> Callable[[Any], str]:
-    make = getattr(json.encoder, "c_make_encoder", None)
-    if make is None:  # pragma: no cover - CPython always has the C encoder
-        return enc.encode
-    chunks = make(
-        None,
-        enc.default,
-        json.encoder.encode_basestring_ascii,
-        None,
-        enc.key_separator,
-        enc.item_separator,
-        False,
-        False,
-        enc.allow_nan,
-    )
+except ImportError:  # pragma: no cover - orjson is part of the edge extra
+    _JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    _JSON_DL = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
-    def encode(obj: Any) -> str:
-        return "".join(chunks(obj, 0))
+    def _encode(obj: Any) -> bytes:
+        try:
+            return _JSON.encode(obj).encode()
+        except ValueError:  # NaN: written as null, as orjson does
+            return _JSON_DL.encode(_null_nan(obj)).encode()
 
-    return encode
-
-
-_encode = _make_fast(_ENCODER)
-_encode_dead_letter = _make_fast(_DL_ENCODER)
+    def _null_nan(obj: Any) -> Any:
+        if isinstance(obj, float) and not math.isfinite(obj):
+            return None
+        if isinstance(obj, dict):
+            return {k: _null_nan(v) for k, v in obj.items()}
+        if isinstance(obj, list | tuple):
+            return [_null_nan(v) for v in obj]
+        return obj
 
 
 def encode_scored_dict(body: dict[str, Any]) -> bytes:
@@ -80,7 +75,7 @@ def encode_scored_dict(body: dict[str, Any]) -> bytes:
 
     For producers that build that dict directly (``edge.records``), skipping the dataclass.
     """
-    return _encode(body).encode()
+    return _encode(body)
 
 
 def _finite_or_none(value: float | None) -> float | None:
@@ -138,7 +133,7 @@ class ScoredTick:
         }
 
     def encode(self) -> bytes:
-        return _encode(self.to_dict()).encode()
+        return _encode(self.to_dict())
 
     @classmethod
     def decode(cls, raw: bytes | str) -> ScoredTick:
@@ -248,7 +243,7 @@ class DeadLetter:
             body["raw"] = text
         else:
             body["raw_b64"] = base64.b64encode(self.raw).decode("ascii")
-        return _encode_dead_letter(body).encode()
+        return _encode(body)
 
     @classmethod
     def decode(cls, raw: bytes | str) -> DeadLetter:

@@ -678,7 +678,7 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="SECTION.KEY=VALUE",
-        help="override one agent config value (repeatable; TOML value), e.g. "
+        help="override one agent config value (repeatable; the agent's --set value), e.g. "
         "--set kafka.linger_ms=5 (default: the agent's own defaults)",
     )
     p.add_argument(

@@ -19,16 +19,16 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from edge.schema import DeadLetter
-from pipeline.errors import StorageError
-from pipeline.influx import PointsRejected, Series, StorageUnavailable
-from pipeline.lineproto import parse_line
-from pipeline.sink import (
+from pipeline.errors import (
     CommitFailed,
-    PartitionRecords,
-    SourceRecord,
-    TopicPartition,
+    PointsRejected,
+    StorageError,
+    StorageUnavailable,
     TransportUnavailable,
 )
+from pipeline.influx import Series
+from pipeline.lineproto import parse_line
+from pipeline.sink import PartitionRecords, SourceRecord, TopicPartition
 
 __all__ = ["FakeClock", "FakeDeadLetters", "FakeInflux", "FakeRecordSource"]
 

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 from urllib.parse import urlencode, urlsplit
 
 from pipeline.config import InfluxSettings
-from pipeline.errors import StorageError
+from pipeline.errors import PointsRejected, StorageError, StorageUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -38,22 +38,12 @@ __all__ = [
     "Influx1Client",
     "Influx2Client",
     "InfluxPort",
-    "PointsRejected",
     "Series",
-    "StorageUnavailable",
     "connect",
     "connect_reader",
     "quote_ident",
     "quote_literal",
 ]
-
-
-class StorageUnavailable(StorageError):
-    """InfluxDB could not take the request now (down, overloaded); retrying may succeed."""
-
-
-class PointsRejected(StorageError):
-    """InfluxDB answered 400 to a write: at least one line can never be written."""
 
 
 @dataclass(frozen=True)

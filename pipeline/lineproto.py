@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from edge.schema import SCHEMA_VERSION, ScoredTick
-from pipeline.errors import PipelineError
+from pipeline.errors import LineProtocolError
 
 READINGS = "readings"
 ANOMALIES = "anomalies"
@@ -61,15 +61,10 @@ __all__ = [
     "SIGMA_SUFFIX",
     "Encoded",
     "LineEncoder",
-    "LineProtocolError",
     "Point",
     "format_floats",
     "parse_line",
 ]
-
-
-class LineProtocolError(PipelineError):
-    """A tick cannot be expressed as line protocol (a name InfluxDB cannot hold)."""
 
 
 def _escape_key(text: str) -> str:

@@ -41,9 +41,16 @@ from typing import Protocol
 from edge.errors import SchemaError
 from edge.schema import DeadLetter, ScoredTick
 from pipeline.config import SinkConfig
-from pipeline.errors import PipelineError, StorageError
-from pipeline.influx import PointsRejected, StorageUnavailable
-from pipeline.lineproto import Encoded, LineEncoder, LineProtocolError
+from pipeline.errors import (
+    CommitFailed,
+    LineProtocolError,
+    PipelineError,
+    PointsRejected,
+    SinkGaveUp,
+    StorageUnavailable,
+    TransportUnavailable,
+)
+from pipeline.lineproto import Encoded, LineEncoder
 from pipeline.metrics import SinkMetrics
 
 log = logging.getLogger(__name__)
@@ -52,31 +59,16 @@ TopicPartition = tuple[str, int]
 
 __all__ = [
     "Clock",
-    "CommitFailed",
     "DeadLetterPort",
     "PartitionRecords",
     "PointWriter",
     "RecordLike",
     "RecordSource",
     "Sink",
-    "SinkGaveUp",
     "SinkSettings",
     "SinkStats",
     "SourceRecord",
-    "TransportUnavailable",
 ]
-
-
-class CommitFailed(PipelineError):
-    """Kafka refused an offset commit (the group rebalanced); the records will be re-read."""
-
-
-class TransportUnavailable(PipelineError):
-    """Kafka (dead-letter producer) is unreachable for now; retrying may succeed."""
-
-
-class SinkGaveUp(StorageError):
-    """InfluxDB or Kafka stayed unreachable longer than ``give_up_after_s``."""
 
 
 class _Abandoned(PipelineError):

@@ -16,17 +16,16 @@ from typing import Any
 from edge.logs import LOG_FORMATS, configure_logging
 from edge.schema import DeadLetter
 from pipeline.config import KafkaSettings, SinkConfig, load_sink_config
-from pipeline.errors import ConfigError, PipelineError, StorageError
-from pipeline.influx import Influx1Client, connect
-from pipeline.metrics import SinkMetrics
-from pipeline.sink import (
+from pipeline.errors import (
     CommitFailed,
-    PartitionRecords,
-    Sink,
-    SinkSettings,
-    TopicPartition,
+    ConfigError,
+    PipelineError,
+    StorageError,
     TransportUnavailable,
 )
+from pipeline.influx import Influx1Client, connect
+from pipeline.metrics import SinkMetrics
+from pipeline.sink import PartitionRecords, Sink, SinkSettings, TopicPartition
 
 __all__ = [
     "KafkaDeadLetters",

@@ -28,7 +28,7 @@ from typing import Any
 from pipeline.dashboard.episodes import Episode, group_episodes
 from pipeline.dashboard.queries import Window, choose_interval_ms
 from pipeline.dashboard.source import DeviceSeries, DeviceSummary, ReadingsSource
-from pipeline.errors import PipelineError, StorageError
+from pipeline.errors import RequestError, StorageError
 
 __all__ = ["RANGES", "ApiResponse", "DashboardApi", "RequestError", "parse_instant", "parse_range"]
 
@@ -48,10 +48,6 @@ STORE_HINT = (
     "Check that InfluxDB is running and reachable from the dashboard "
     "(locally: deploy/local/stack status), or fix --influx / GAPWATCH_DASHBOARD__INFLUX_URL."
 )
-
-
-class RequestError(PipelineError):
-    """A request parameter is wrong; answered with HTTP 400 and this message."""
 
 
 @dataclass(frozen=True)

@@ -89,7 +89,7 @@ def test_a_busy_port_exits_2_naming_the_flag(
 
 def test_old_environment_names_are_refused_with_the_new_name() -> None:
     with pytest.raises(ConfigError, match="write GAPWATCH_DASHBOARD__HOST"):
-        config_from([], {"GAPWATCH_DASHBOARD__HOST": "0.0.0.0"})
+        config_from([], {"GAPWATCH_DASHBOARD_HOST": "0.0.0.0"})
 
 
 def test_a_config_file_sits_below_the_environment(tmp_path: Path) -> None:

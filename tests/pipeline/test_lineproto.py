@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge.schema import ScoredTick
-from pipeline.lineproto import LineEncoder, LineProtocolError, format_floats, parse_line
+from pipeline.errors import LineProtocolError
+from pipeline.lineproto import LineEncoder, format_floats, parse_line
 
 
 def tick(**over: object) -> ScoredTick:

@@ -10,10 +10,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from edge.schema import ScoredTick
-from pipeline.errors import StorageError
+from pipeline.errors import SinkGaveUp, StorageError
 from pipeline.fakes import FakeClock, FakeDeadLetters, FakeInflux, FakeRecordSource
 from pipeline.metrics import SinkMetrics
-from pipeline.sink import Sink, SinkGaveUp, SinkSettings
+from pipeline.sink import Sink, SinkSettings
 
 TOPIC = "gapwatch.scored"
 

@@ -10,6 +10,7 @@ holds, like a broker would.
 from __future__ import annotations
 
 import queue
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -33,8 +34,16 @@ class FakeClock:
     def now_ms(self) -> int:
         return self._ms
 
+    def time(self) -> float:
+        return self._ms / 1000.0
+
     def monotonic(self) -> float:
         return self._mono
+
+    def wait(self, event: threading.Event, seconds: float) -> None:
+        """Waiting moves time on (unless the event is already set)."""
+        if not event.is_set():
+            self.advance(round(seconds * 1000))
 
     def advance(self, ms: int) -> None:
         self._ms += ms

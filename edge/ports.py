@@ -6,6 +6,7 @@ Real adapters: :mod:`edge.mqtt_source` (paho-mqtt), :mod:`edge.kafka_out` (kafka
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,12 +28,22 @@ class InMessage:
 
 
 class Clock(Protocol):
+    """The one clock protocol of gapwatch (the agent's and the sink's)."""
+
     def now_ms(self) -> int:
         """Wall-clock time, UTC epoch milliseconds."""
         ...
 
+    def time(self) -> float:
+        """Wall-clock time, UTC epoch seconds."""
+        ...
+
     def monotonic(self) -> float:
         """Seconds from a monotonic clock (for intervals and timeouts)."""
+        ...
+
+    def wait(self, event: threading.Event, seconds: float) -> None:
+        """Sleep ``seconds`` or until ``event`` is set."""
         ...
 
 
@@ -97,5 +108,11 @@ class SystemClock:
     def now_ms(self) -> int:
         return time.time_ns() // 1_000_000
 
+    def time(self) -> float:
+        return time.time()
+
     def monotonic(self) -> float:
         return time.monotonic()
+
+    def wait(self, event: threading.Event, seconds: float) -> None:
+        event.wait(seconds)

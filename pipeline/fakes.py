@@ -7,7 +7,7 @@ They implement the same protocols as the real adapters and behave like them wher
 - :class:`FakeRecordSource` (``sink.RecordSource``): partitions with offsets, commits recorded,
   scripted commit failures;
 - :class:`FakeDeadLetters` (``sink.DeadLetterPort``), with scripted outages;
-- :class:`FakeClock` (``sink.Clock``): time moves only when the code under test waits.
+- :class:`FakeClock` (``edge.ports.Clock``): time moves only when the code under test waits.
 """
 
 from __future__ import annotations
@@ -207,6 +207,9 @@ class FakeClock:
     def time(self) -> float:
         with self._lock:
             return self._wall
+
+    def now_ms(self) -> int:
+        return round(self.time() * 1000)
 
     def advance(self, seconds: float) -> None:
         with self._lock:

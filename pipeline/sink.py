@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from edge.errors import SchemaError
+from edge.ports import Clock
 from edge.schema import DeadLetter, ScoredTick
 from pipeline.config import SinkConfig
 from pipeline.errors import (
@@ -58,7 +59,6 @@ log = logging.getLogger(__name__)
 TopicPartition = tuple[str, int]
 
 __all__ = [
-    "Clock",
     "DeadLetterPort",
     "PartitionRecords",
     "PointWriter",
@@ -121,16 +121,6 @@ class DeadLetterPort(Protocol):
 
         Raise TransportUnavailable if any was not; the caller retries the whole list.
         """
-
-
-class Clock(Protocol):
-    def monotonic(self) -> float: ...
-
-    def time(self) -> float:
-        """Unix time in seconds (UTC)."""
-
-    def wait(self, event: threading.Event, seconds: float) -> None:
-        """Sleep ``seconds`` or until ``event`` is set."""
 
 
 @dataclass(frozen=True)

@@ -30,8 +30,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TextIO, TypeVar
 
+from edge.ports import SystemClock
 from edge.schema import ScoredTick
-from pipeline.cli.sink import KafkaDeadLetters, KafkaRecordSource, SystemClock, tune_interpreter
+from pipeline.cli.sink import KafkaDeadLetters, KafkaRecordSource, tune_interpreter
 from pipeline.config import (
     BatchSettings,
     InfluxSettings,

@@ -8,12 +8,11 @@ import logging
 import os
 import signal
 import sys
-import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from edge.logs import LOG_FORMATS, configure_logging
+from edge.ports import SystemClock
 from edge.schema import DeadLetter
 from pipeline.config import KafkaSettings, SinkConfig, load_sink_config
 from pipeline.errors import (
@@ -30,7 +29,6 @@ from pipeline.sink import PartitionRecords, Sink, SinkSettings, TopicPartition
 __all__ = [
     "KafkaDeadLetters",
     "KafkaRecordSource",
-    "SystemClock",
     "kafka_security",
     "main",
     "run_sink",
@@ -55,17 +53,6 @@ examples:
 
 exit status: 0 stopped cleanly (SIGTERM/SIGINT), 1 storage gave up or failed, 2 bad config.
 """
-
-
-class SystemClock:
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-    def time(self) -> float:
-        return time.time()
-
-    def wait(self, event: threading.Event, seconds: float) -> None:
-        event.wait(seconds)
 
 
 GC_THRESHOLDS = (50_000, 20, 20)

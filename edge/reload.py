@@ -17,7 +17,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge.bundle import MANIFEST_FILE, MODEL_FILE, Bundle, current_version_dir, load_bundle
+from edge.bundle import (
+    CURRENT_FILE,
+    MANIFEST_FILE,
+    MODEL_FILE,
+    Bundle,
+    current_version_dir,
+    load_bundle,
+    located,
+)
 from edge.errors import BundleError
 
 __all__ = ["BundleWatcher", "ReloadEvent", "bundle_loader", "topic_matches"]
@@ -31,14 +39,19 @@ SIGNATURE_FILE = "signature.json"
 def bundle_loader(trusted_keys: str = "", intra_op_threads: int = 1) -> Callable[[Path], Bundle]:
     """``load_bundle``, or signature-checked loading when a trusted-keys PEM file is given.
 
+    Either way the manifest must name the ``<name>/<version>/`` directory it sits in.
     Raises BundleError when the key file cannot be read.
     """
     if not trusted_keys:
-        return lambda path: load_bundle(path, intra_op_threads=intra_op_threads)
+        return lambda path: load_bundle(
+            path, intra_op_threads=intra_op_threads, expect=located(path)
+        )
     from edge.signing import load_public_keys, load_signed_bundle
 
     keys = load_public_keys(trusted_keys)
-    return lambda path: load_signed_bundle(path, keys, intra_op_threads=intra_op_threads)
+    return lambda path: load_signed_bundle(
+        path, keys, intra_op_threads=intra_op_threads, expect=located(path)
+    )
 
 
 @dataclass(frozen=True)
@@ -67,6 +80,15 @@ def _fingerprint(version_dir: Path) -> Fingerprint:
     return (str(version_dir.resolve()), m_time, o_time, o_size, s_time)
 
 
+def _pointer_fingerprint(model_dir: Path) -> Fingerprint:
+    pointer = model_dir / CURRENT_FILE
+    try:
+        st = pointer.stat()
+    except OSError:
+        return (f"{pointer}?", -1, -1, -1, -1)
+    return (str(pointer), st.st_mtime_ns, st.st_size, -1, -1)
+
+
 def topic_matches(filter_: str, topic: str) -> bool:
     """MQTT filter matching (``+`` one level, ``#`` the rest)."""
     f_parts, t_parts = filter_.split("/"), topic.split("/")
@@ -91,7 +113,7 @@ class BundleWatcher:
     ) -> None:
         self.root = Path(root)
         self.names = tuple(sorted(set(names)))
-        self._loader = loader or (lambda p: load_bundle(p, intra_op_threads=intra_op_threads))
+        self._loader = loader or bundle_loader("", intra_op_threads)
         self.current: dict[str, Bundle] = {}
         self._loaded: dict[str, Fingerprint] = {}
         self._refused: dict[str, Fingerprint] = {}
@@ -121,7 +143,14 @@ class BundleWatcher:
         """Load what changed since the last check; return accepted and refused changes."""
         events: list[ReloadEvent] = []
         for name in self.names:
-            version_dir = current_version_dir(self.root / name)
+            try:
+                version_dir = current_version_dir(self.root / name)
+            except BundleError as exc:  # a CURRENT that names no version directory under name/
+                fp = _pointer_fingerprint(self.root / name)
+                if fp != self._refused.get(name):
+                    self._refused[name] = fp
+                    events.append(self._refuse(name, self.root / name / CURRENT_FILE, exc))
+                continue
             if version_dir is None:
                 continue
             fp = _fingerprint(version_dir)
@@ -131,12 +160,7 @@ class BundleWatcher:
                 bundle = self._loader(version_dir)
             except BundleError as exc:
                 self._refused[name] = fp
-                problem = "; ".join(exc.problems)
-                log.error(
-                    "reload.refused",
-                    extra={"model": name, "path": str(version_dir), "problem": problem},
-                )
-                events.append(ReloadEvent(name, version_dir, None, problem))
+                events.append(self._refuse(name, version_dir, exc))
                 continue
             old = self.current.get(name)
             self.current[name] = bundle
@@ -152,3 +176,8 @@ class BundleWatcher:
             )
             events.append(ReloadEvent(name, version_dir, bundle))
         return events
+
+    def _refuse(self, name: str, path: Path, exc: BundleError) -> ReloadEvent:
+        problem = "; ".join(exc.problems)
+        log.error("reload.refused", extra={"model": name, "path": str(path), "problem": problem})
+        return ReloadEvent(name, path, None, problem)

@@ -63,6 +63,7 @@ __all__ = [
     "read_manifest",
     "set_current_version",
     "version_dirs",
+    "version_key",
     "write_bundle",
 ]
 
@@ -428,7 +429,8 @@ def write_bundle(root: str | os.PathLike[str], manifest: Manifest, onnx_bytes: b
     return final
 
 
-def _version_key(name: str) -> tuple[tuple[int, int, str], ...]:
+def version_key(name: str) -> tuple[tuple[int, int, str], ...]:
+    """Sort key of a version name: numeric parts compare as numbers (``2 < 10``)."""
     return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"[._-]", name))
 
 
@@ -449,7 +451,7 @@ def version_dirs(model_dir: str | os.PathLike[str]) -> list[Path]:
         for p in base.iterdir()
         if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST_FILE).exists()
     ]
-    return sorted(found, key=lambda p: _version_key(p.name))
+    return sorted(found, key=lambda p: version_key(p.name))
 
 
 def latest_version_dir(model_dir: str | os.PathLike[str]) -> Path | None:

@@ -52,6 +52,7 @@ class RollbackGuard:
     ) -> None:
         self._read = read_pointer
         self._seen: dict[str, _Seen] = {}
+        self._memory = f" (remembered in {state_file})" if state_file else ""
         if state_file:
             self._load_state(Path(state_file))
         self._state_file = Path(state_file) if state_file and write_state else None
@@ -97,7 +98,8 @@ class RollbackGuard:
         raise BundleError(
             str(bundle.path),
             [
-                f"version {version!r} is older than {seen.version!r}, which this agent ran; "
+                f"version {version!r} is older than {seen.version!r}, which this agent ran"
+                f"{self._memory}; "
                 f"refused as a rollback nobody signed ({pointer_problem}). Roll back with "
                 "'gapwatch registry rollback' holding the signing key, which signs the pointer"
             ],

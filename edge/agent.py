@@ -222,6 +222,7 @@ class Agent:
             "spool_disk_full": self._disk_full,
             "devices": len(self._devices),
             "models": {n: b.manifest.version for n, b in self._watcher.current.items()},
+            "model_fallbacks": dict(self._watcher.fallbacks),  # model -> why CURRENT was refused
             "kafka_in_flight": stats.in_flight,
             "kafka_acked": stats.acked,
         }

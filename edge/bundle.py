@@ -12,6 +12,13 @@ Format rules (format version 1.x). A writer MUST and a reader checks:
    ``float32`` of shape ``[batch, window, channels]`` where ``batch`` is dynamic.
 6. A bundle is written to a temporary directory beside its final place and renamed into place,
    so a reader never sees half a bundle.
+7. A bundle found at ``<root>/<name>/<version>/`` declares that ``name`` and ``version`` in its
+   manifest; a reader that finds it there (the agent) refuses a mismatch.
+8. ``<root>/<name>/CURRENT``, when present, holds one version name of a version directory
+   directly under ``<root>/<name>/`` (no path, no ``..``); anything else is an error, never
+   a silent fall back.
+9. A reader hashes the ``model.onnx`` bytes it hands to onnxruntime (read once), so a file
+   swapped after the check is never run.
 
 :func:`load_bundle` reports every problem it finds in one :class:`~edge.errors.BundleError`
 and never returns a half-loaded bundle.
@@ -48,12 +55,15 @@ __all__ = [
     "Channel",
     "Manifest",
     "ThresholdSpec",
+    "current_pointer",
     "current_version_dir",
     "latest_version_dir",
     "load_bundle",
+    "located",
     "read_manifest",
     "set_current_version",
     "version_dirs",
+    "version_key",
     "write_bundle",
 ]
 
@@ -131,8 +141,14 @@ class Manifest:
         return out
 
     @classmethod
-    def from_dict(cls, data: Any, where: str = "manifest") -> Manifest:
-        """Validate and build a manifest; raise BundleError listing every problem."""
+    def from_dict(
+        cls, data: Any, where: str = "manifest", expect: tuple[str, str] | None = None
+    ) -> Manifest:
+        """Validate and build a manifest; raise BundleError listing every problem.
+
+        ``expect`` is the ``(name, version)`` of the path the manifest was found at
+        (``<name>/<version>/``): a manifest naming another model or version is refused.
+        """
         problems: list[str] = []
         if not isinstance(data, dict):
             raise BundleError(where, ["manifest is not a JSON object"])
@@ -153,6 +169,13 @@ class Manifest:
         for key in ("name", "version"):
             if not isinstance(data[key], str) or not _NAME_RE.match(data[key]):
                 problems.append(f"{key} {data[key]!r} must match {_NAME_RE.pattern}")
+        if expect is not None:
+            for key, wanted in zip(("name", "version"), expect, strict=True):
+                if data[key] != wanted:
+                    problems.append(
+                        f"manifest {key} {data[key]!r} does not match the path "
+                        f"{expect[0]}/{expect[1]} (a bundle must sit in <name>/<version>/)"
+                    )
 
         channels: list[Channel] = []
         raw_channels = data["channels"]
@@ -275,25 +298,26 @@ class Bundle:
         return np.asarray(mean), np.asarray(logvar)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def located(path: str | os.PathLike[str]) -> tuple[str, str]:
+    """The ``(name, version)`` a bundle directory ``<root>/<name>/<version>/`` must declare."""
+    bundle_dir = Path(path)
+    return (bundle_dir.parent.name, bundle_dir.name)
 
 
-def read_manifest(path: str | os.PathLike[str]) -> Manifest:
-    """Read and validate ``manifest.json`` of a bundle directory (no ONNX checks)."""
+def read_manifest(path: str | os.PathLike[str], expect: tuple[str, str] | None = None) -> Manifest:
+    """Read and validate ``manifest.json`` of a bundle directory (no ONNX checks).
+
+    With ``expect`` (see :func:`located`) the manifest's name and version must match it.
+    """
     bundle_dir = Path(path)
     mpath = bundle_dir / MANIFEST_FILE
     try:
-        data = json.loads(mpath.read_text(encoding="utf-8"))
+        data = json.loads(mpath.read_bytes())
     except FileNotFoundError as exc:
         raise BundleError(str(bundle_dir), [f"{MANIFEST_FILE} not found"]) from exc
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(str(bundle_dir), [f"{MANIFEST_FILE} unreadable: {exc}"]) from exc
-    return Manifest.from_dict(data, where=str(bundle_dir))
+    return Manifest.from_dict(data, where=str(bundle_dir), expect=expect)
 
 
 def _check_onnx_io(session: Any, manifest: Manifest) -> list[str]:
@@ -321,16 +345,35 @@ def _check_onnx_io(session: Any, manifest: Manifest) -> list[str]:
     return problems
 
 
-def load_bundle(path: str | os.PathLike[str], intra_op_threads: int = 1) -> Bundle:
-    """Load and fully verify a bundle directory; raise BundleError listing every problem."""
+def load_bundle(
+    path: str | os.PathLike[str],
+    intra_op_threads: int = 1,
+    *,
+    expect: tuple[str, str] | None = None,
+    model_bytes: bytes | None = None,
+) -> Bundle:
+    """Load and fully verify a bundle directory; raise BundleError listing every problem.
+
+    ``model.onnx`` is read once: the bytes that were hashed are the bytes onnxruntime
+    builds its session from, so a file swapped after the check is never run. ``model_bytes``
+    hands in bytes already read (and checked) by the caller, e.g. :mod:`edge.signing`.
+    ``expect`` is the ``(name, version)`` the manifest must declare (see :func:`located`).
+    """
     import onnxruntime as ort
 
     bundle_dir = Path(path)
-    manifest = read_manifest(bundle_dir)
+    manifest = read_manifest(bundle_dir, expect=expect)
     model_path = bundle_dir / MODEL_FILE
-    if not model_path.is_file():
-        raise BundleError(str(bundle_dir), [f"{MODEL_FILE} not found"])
-    digest = _sha256(model_path)
+    if model_bytes is None:
+        try:
+            model_bytes = model_path.read_bytes()
+        except FileNotFoundError as exc:
+            raise BundleError(str(bundle_dir), [f"{MODEL_FILE} not found"]) from exc
+        except OSError as exc:
+            raise BundleError(
+                str(bundle_dir), [f"{MODEL_FILE} unreadable: {exc.strerror or exc}"]
+            ) from exc
+    digest = hashlib.sha256(model_bytes).hexdigest()
     if digest != manifest.model_sha256:
         raise BundleError(
             str(bundle_dir),
@@ -342,7 +385,7 @@ def load_bundle(path: str | os.PathLike[str], intra_op_threads: int = 1) -> Bund
     options.log_severity_level = 3
     try:
         session = ort.InferenceSession(
-            str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
+            model_bytes, sess_options=options, providers=["CPUExecutionProvider"]
         )
     except Exception as exc:  # onnxruntime raises its own untyped errors for bad graphs
         raise BundleError(
@@ -386,7 +429,8 @@ def write_bundle(root: str | os.PathLike[str], manifest: Manifest, onnx_bytes: b
     return final
 
 
-def _version_key(name: str) -> tuple[tuple[int, int, str], ...]:
+def version_key(name: str) -> tuple[tuple[int, int, str], ...]:
+    """Sort key of a version name: numeric parts compare as numbers (``2 < 10``)."""
     return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"[._-]", name))
 
 
@@ -407,7 +451,7 @@ def version_dirs(model_dir: str | os.PathLike[str]) -> list[Path]:
         for p in base.iterdir()
         if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST_FILE).exists()
     ]
-    return sorted(found, key=lambda p: _version_key(p.name))
+    return sorted(found, key=lambda p: version_key(p.name))
 
 
 def latest_version_dir(model_dir: str | os.PathLike[str]) -> Path | None:
@@ -416,23 +460,63 @@ def latest_version_dir(model_dir: str | os.PathLike[str]) -> Path | None:
     return versions[-1] if versions else None
 
 
+def current_pointer(model_dir: str | os.PathLike[str]) -> str | None:
+    """The version named in ``<root>/<name>/CURRENT``, checked; None when there is no pointer.
+
+    ``CURRENT`` MUST hold one version name (``[A-Za-z0-9][A-Za-z0-9._-]*``, one line) of a
+    complete version directory directly under the model directory: not a path, not ``..``.
+    Anything else is a BundleError naming every problem, never a silent fall back to another
+    version. (A version entry may itself be a symbolic link, as :func:`version_dirs` lists it:
+    whoever can create entries in the model directory chooses its versions anyway; the demo
+    and the benchmarks link bundles in this way.)
+    """
+    base = Path(model_dir)
+    pointer = base / CURRENT_FILE
+    try:
+        raw = pointer.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise BundleError(str(pointer), [f"unreadable: {exc.strerror or exc}"]) from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BundleError(str(pointer), ["is not UTF-8 text"]) from exc
+    version = text.strip()
+    problems: list[str] = []
+    if not _NAME_RE.fullmatch(version):
+        problems.append(
+            f"names {version[:80]!r}, which is not a version directory name "
+            f"(must match {_NAME_RE.pattern}: no '/', no '..', no absolute path)"
+        )
+    else:
+        chosen = base / version
+        if not (chosen / MANIFEST_FILE).is_file():
+            problems.append(f"names version {version!r}, but {chosen}/{MANIFEST_FILE} is missing")
+    if problems:
+        raise BundleError(str(pointer), problems)
+    return version
+
+
 def current_version_dir(model_dir: str | os.PathLike[str]) -> Path | None:
     """The version an agent should run: the one named in ``<root>/<name>/CURRENT``, else the newest.
 
     The registry (``gapwatch registry promote|rollback``) rewrites ``CURRENT`` atomically.
+    A ``CURRENT`` that does not name a version directory directly under ``model_dir`` raises
+    BundleError (see :func:`current_pointer`).
     """
     base = Path(model_dir)
-    pointer = base / CURRENT_FILE
-    if pointer.is_file():
-        chosen = base / pointer.read_text(encoding="utf-8").strip()
-        if (chosen / MANIFEST_FILE).exists():
-            return chosen
+    version = current_pointer(base)
+    if version is not None:
+        return base / version
     return latest_version_dir(base)
 
 
 def set_current_version(model_dir: str | os.PathLike[str], version: str) -> None:
     """Point ``<root>/<name>/CURRENT`` at ``version`` atomically (write temp, rename)."""
     base = Path(model_dir)
+    if not _NAME_RE.fullmatch(version):
+        raise BundleError(str(base), [f"{version!r} is not a version directory name"])
     if not (base / version / MANIFEST_FILE).exists():
         raise BundleError(str(base / version), ["no such bundle version"])
     tmp = base / f".{CURRENT_FILE}.tmp"

@@ -24,9 +24,10 @@ Keys are PEM files: the private key PKCS#8 (optionally encrypted with a passphra
 key SubjectPublicKeyInfo. A public-key file may hold several PEM blocks (key rotation: trust the
 old and the new key while bundles are re-signed).
 
-What this does not cover: a signed *older* bundle copied into a newer version directory (the
-version inside the signed manifest stays the old one: compare it with the directory name when
-that matters), and an attacker who can write to the agent's bundle root while it loads.
+A signed *older* bundle copied into a newer version directory is refused by the agent, which
+loads with ``expect`` (the manifest's name and version must match ``<name>/<version>/``). A
+signed older version named by ``CURRENT`` is refused by :mod:`edge.reload` unless a signed
+pointer (:mod:`edge.pointer`) says the key holder rolled back to it.
 """
 
 from __future__ import annotations
@@ -287,8 +288,10 @@ def verify_bundle(
     return info
 
 
-def _verify(path: Path, trusted: Sequence[Ed25519PublicKey]) -> tuple[SignatureInfo, bytes]:
-    """Verify; also return the manifest bytes that were verified."""
+def _verify(
+    path: Path, trusted: Sequence[Ed25519PublicKey]
+) -> tuple[SignatureInfo, dict[str, bytes]]:
+    """Verify; also return the file contents that were verified."""
     if not trusted:
         raise BundleError(str(path), ["no trusted public key given to verify the signature"])
     doc = _read_signature(path)
@@ -330,26 +333,31 @@ def _verify(path: Path, trusted: Sequence[Ed25519PublicKey]) -> tuple[SignatureI
     ]
     if tampered:
         raise BundleError(str(path), tampered)
-    return SignatureInfo(path=path, key_id=key_id(signer), files=actual), contents[MANIFEST_FILE]
+    return SignatureInfo(path=path, key_id=key_id(signer), files=actual), contents
 
 
 def load_signed_bundle(
     bundle_dir: str | os.PathLike[str],
     trusted: Sequence[Ed25519PublicKey],
     intra_op_threads: int = 1,
+    *,
+    expect: tuple[str, str] | None = None,
 ) -> Bundle:
     """Verify the signature, load the bundle, and confirm it is the manifest that was verified.
 
-    :func:`~edge.bundle.load_bundle` checks ``model.onnx`` against the manifest's sha256, so
-    a loaded manifest equal to the verified one means the model is the signed one too.
+    The ``model.onnx`` bytes whose digest the signature covers are the bytes handed to
+    onnxruntime (read once), and a loaded manifest equal to the verified one means the
+    manifest is the signed one too. ``expect``: see :func:`edge.bundle.located`.
     """
     path = Path(bundle_dir)
-    _, manifest_bytes = _verify(path, trusted)
+    _, contents = _verify(path, trusted)
     try:
-        verified = Manifest.from_dict(json.loads(manifest_bytes), where=str(path))
+        verified = Manifest.from_dict(json.loads(contents[MANIFEST_FILE]), where=str(path))
     except ValueError as exc:
         raise BundleError(str(path), [f"signed {MANIFEST_FILE} is not JSON"]) from exc
-    bundle = load_bundle(path, intra_op_threads=intra_op_threads)
+    bundle = load_bundle(
+        path, intra_op_threads=intra_op_threads, expect=expect, model_bytes=contents[MODEL_FILE]
+    )
     if bundle.manifest != verified:
         raise BundleError(str(path), [f"{MANIFEST_FILE} changed while the bundle was loading"])
     return bundle

@@ -14,7 +14,14 @@ Rules:
 - a version is verified with :func:`edge.bundle.load_bundle` before it is published, promoted
   or rolled back to;
 - the promotion log is a stack: ``promote`` pushes a version, ``rollback`` pops the current
-  one, so the version before it runs again (repeat to go further back).
+  one, so the version before it runs again (repeat to go further back);
+- signing: with a ``signing_key``, ``promote`` and ``rollback`` sign the version they make
+  current (``signature.json``, :mod:`edge.signing`) unless that key already signed it, and
+  write the signed pointer ``CURRENT.sig.json`` (:mod:`edge.pointer`, epoch = length of the
+  change log) before ``CURRENT``, so a signed agent accepts a rollback. Without a signing key,
+  a *signed registry* (``require_signed``, i.e. trusted keys configured, or a model whose
+  pointer or current version is already signed) refuses to promote or roll back: signed
+  agents would refuse the unsigned bundle.
 
 Promotions and rollbacks can be announced (:class:`Announcer`), e.g. as a retained MQTT message
 on ``gapwatch/models/<name>`` with ``{name, version, path, sha256}`` so agents reload at once.
@@ -32,11 +39,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from edge.bundle import CURRENT_FILE, load_bundle, read_manifest, set_current_version, version_dirs
 from edge.errors import BundleError
 from pipeline.errors import RegistryError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 __all__ = [
     "LOG_FILE",
@@ -52,6 +62,8 @@ __all__ = [
 LOG_FILE = "registry.json"
 REJECTED_DIR = ".rejected"
 LOCK_FILE = ".lock"
+POINTER_FILE = "CURRENT.sig.json"  # edge.pointer.POINTER_FILE
+SIGNATURE_FILE = "signature.json"  # edge.signing.SIGNATURE_FILE
 
 
 @dataclass(frozen=True)
@@ -109,11 +121,21 @@ def _write_atomic(path: Path, text: str) -> None:
 class Registry:
     """One model's versions under ``<root>/<name>/``."""
 
-    def __init__(self, root: str | Path, name: str, clock: Callable[[], datetime] = _now) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        name: str,
+        clock: Callable[[], datetime] = _now,
+        *,
+        signing_key: Ed25519PrivateKey | None = None,
+        require_signed: bool = False,
+    ) -> None:
         self.root = Path(root)
         self.name = name
         self.dir = self.root / name
         self._clock = clock
+        self._key = signing_key
+        self._require_signed = require_signed
 
     # ---------------------------------------------------------------- reading
 
@@ -156,6 +178,23 @@ class Registry:
                 VersionInfo(path.name, path, created, path.name == current, path.name in promoted)
             )
         return out
+
+    def signed(self) -> bool:
+        """Whether agents of this model verify signatures (so every promotion must be signed)."""
+        if self._require_signed or (self.dir / POINTER_FILE).exists():
+            return True
+        current = self.current()
+        return current is not None and (self.dir / current / SIGNATURE_FILE).exists()
+
+    def check_signing(self, what: str = "promote") -> None:
+        """Raise RegistryError when a promotion now would publish an unsigned bundle to agents
+        that verify signatures (call it before expensive work, e.g. training)."""
+        if self._key is None and self.signed():
+            raise RegistryError(
+                f"refusing to {what} unsigned: agents of {self.name!r} verify signatures "
+                "(trusted keys are configured, or the model is already signed) and would refuse "
+                "it; give the signing key with --signing-key or GAPWATCH_SIGNING_KEY"
+            )
 
     # ---------------------------------------------------------------- writing
 
@@ -236,6 +275,7 @@ class Registry:
             event = RegistryEvent(
                 "promote", version, self._stamp(), reason, previous, dict(evaluation or {})
             )
+            self._sign_for_agents(event)
             set_current_version(self.dir, version)
             self._append(event)
         return event
@@ -252,9 +292,35 @@ class Registry:
             target = stack[-2]
             self._verify(self.dir / target)
             event = RegistryEvent("rollback", target, self._stamp(), reason, stack[-1])
+            self._sign_for_agents(event)
             set_current_version(self.dir, target)
             self._append(event)
         return event
+
+    def _sign_for_agents(self, event: RegistryEvent) -> None:
+        """Sign the version ``event`` makes current and the pointer to it; see the module doc.
+
+        Called under the lock, before CURRENT moves, so CURRENT never names an unsigned
+        version in a signed registry.
+        """
+        path = self.dir / event.version
+        self.check_signing(f"{event.action} {self.name}/{event.version}")
+        if self._key is None:
+            return
+        from edge.pointer import Pointer, write_pointer
+        from edge.signing import sign_bundle, verify_bundle
+
+        try:
+            try:
+                verify_bundle(path, [self._key.public_key()])
+            except BundleError:
+                sign_bundle(path, self._key)
+            sha = read_manifest(path).model_sha256
+            epoch = len(self.events()) + 1
+            pointer = Pointer(self.name, event.version, sha, epoch, event.action)
+            write_pointer(self.dir, pointer, self._key)
+        except BundleError as exc:
+            raise RegistryError(f"cannot sign {path}: {exc}") from exc
 
     def announcement(self, version: str) -> Announcement:
         path = self.dir / version

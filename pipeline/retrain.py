@@ -332,6 +332,7 @@ def _retrain(
     from training.train import TrainConfig
     from training.train_bundle import BundleConfig, default_version, train_bundle
 
+    registry.check_signing(f"retrain and promote {registry.name}")  # before hours of training
     current = current_version_dir(registry.dir)
     champion: Bundle | None = load_bundle(current) if current is not None else None
     channels = champion.manifest.channel_names if champion else find_channels(influx)

@@ -127,7 +127,8 @@ def main(argv: list[str]) -> int:
 
 def _check(config: AgentConfig) -> int:
     from edge.decode import TopicTemplate
-    from edge.reload import BundleWatcher, bundle_loader
+    from edge.reload import BundleWatcher, bundle_loader, rollback_guard
+    from edge.rollback import STATE_FILE
 
     try:
         for t in config.mqtt.topics:
@@ -137,8 +138,10 @@ def _check(config: AgentConfig) -> int:
         return 2
     try:
         loader = bundle_loader(config.bundles.trusted_keys)
+        state = Path(config.state_dir) / STATE_FILE
+        guard = rollback_guard(config.bundles.trusted_keys, state, write_state=False)
         watcher = BundleWatcher(
-            config.bundles.root, [r.bundle for r in config.devices], loader=loader
+            config.bundles.root, [r.bundle for r in config.devices], loader=loader, guard=guard
         )
         bundles = watcher.load_initial()
     except BundleError as exc:
@@ -153,6 +156,8 @@ def _check(config: AgentConfig) -> int:
             f"bundle ok: {name} version {m.version} ({len(m.channels)} channels, "
             f"tick {m.tick_seconds}s, window {m.window}) at {b.path}"
         )
+        if name in watcher.fallbacks:
+            print(f"  FALLBACK: the chosen version was refused: {watcher.fallbacks[name]}")
     if config.bundles.trusted_keys:
         print(f"signatures: required, trusted keys from {config.bundles.trusted_keys}")
     print(f"spool: {config.spool_path} (when full: {config.spool.when_full})")
@@ -169,7 +174,8 @@ def _run(config: AgentConfig, control: ServiceControl) -> int:
     from edge.metrics import AgentMetrics, MetricsServer
     from edge.mqtt_source import MqttSource
     from edge.ports import SystemClock
-    from edge.reload import BundleWatcher, bundle_loader
+    from edge.reload import BundleWatcher, bundle_loader, rollback_guard
+    from edge.rollback import STATE_FILE
     from edge.spool import Spool
 
     clock = SystemClock()
@@ -179,8 +185,9 @@ def _run(config: AgentConfig, control: ServiceControl) -> int:
         config.bundles.root,
         [r.bundle for r in config.devices],
         loader=bundle_loader(config.bundles.trusted_keys, config.inference.intra_op_threads),
+        guard=rollback_guard(config.bundles.trusted_keys, Path(config.state_dir) / STATE_FILE),
     )
-    watcher.load_initial()
+    watcher.load_initial()  # falls back to the newest usable version; raises only if none
     Path(config.state_dir).mkdir(parents=True, exist_ok=True)
     spool = Spool(
         config.spool_path,

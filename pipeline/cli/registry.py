@@ -11,6 +11,7 @@ from pathlib import Path
 
 from edge.bundle import read_manifest
 from edge.errors import BundleError
+from pipeline.cli.signing import add_promotion_signing_args, promotion_signing
 from pipeline.errors import PipelineError, RegistryError
 from pipeline.registry import Registry, RegistryEvent, announcer_from_url
 
@@ -29,7 +30,11 @@ examples:
   gapwatch registry --root /srv/models --name skab promote 20260101T000000Z --reason "manual"
   GAPWATCH_ANNOUNCE_MQTT=mqtt://broker:1883 gapwatch registry --name skab rollback
 
-signing (see 'gapwatch registry sign --help'):
+signing (see 'gapwatch registry sign --help'): with --signing-key (GAPWATCH_SIGNING_KEY),
+promote and rollback sign the version they make current and write CURRENT.sig.json, the
+signed pointer that lets signed agents accept a rollback to an older version. Without a key,
+a registry whose agents verify signatures (--public-key / GAPWATCH_BUNDLE_PUBLIC_KEY set, or
+the model already signed) refuses to promote or roll back.
   gapwatch registry keygen --out /etc/gapwatch/signing
   gapwatch registry sign models/skab/20260101T000000Z --key /etc/gapwatch/signing.key
   gapwatch registry verify models/skab/20260101T000000Z --public-key signing.pub
@@ -74,6 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     pro.add_argument("--reason", default="manual promotion")
     rb = sub.add_parser("rollback", help="return to the version promoted before the current one")
     rb.add_argument("--reason", default="manual rollback")
+    for action in (pro, rb):
+        add_promotion_signing_args(action)
     return p
 
 
@@ -131,10 +138,17 @@ def run(args: argparse.Namespace) -> int:
                 came = f" (from {e.previous})" if e.previous else ""
                 print(f"  {e.at} {e.action:<8} {e.version}{came} {e.reason}")
         return 0
+    try:
+        key, required = promotion_signing(args)
+    except BundleError as exc:
+        raise RegistryError(str(exc)) from exc
+    registry = Registry(registry.root, registry.name, signing_key=key, require_signed=required)
     if args.action == "promote":
         event = registry.promote(args.version, args.reason)
     else:
         event = registry.rollback(args.reason)
+    if key is not None:
+        print(f"signed {registry.name}/{event.version} and its CURRENT pointer")
     print(f"{event.action}: {registry.name} now runs {event.version} (was {event.previous})")
     _announce(registry, event, args.announce)
     return 0

@@ -10,7 +10,9 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from edge.errors import BundleError
 from edge.logs import configure_logging
+from pipeline.cli.signing import add_promotion_signing_args, promotion_signing
 from pipeline.config import add_influx_arguments, influx_settings_from_args
 from pipeline.errors import PipelineError
 from pipeline.history import format_rfc3339, parse_duration, parse_time, resolve_time_range
@@ -33,7 +35,9 @@ the same hidden entries; promote the challenger unless it is worse beyond the to
 The winner becomes <registry>/<name>/<version>/ and CURRENT; a loser is kept in
 <registry>/<name>/.rejected/. With --announce, running agents get a retained MQTT message and
 reload at once. Ticks the champion flagged are left out of the training data unless
---include-flagged.
+--include-flagged. With --signing-key (GAPWATCH_SIGNING_KEY) the promoted version and the
+CURRENT pointer are signed; a registry whose agents verify signatures (--public-key /
+GAPWATCH_BUNDLE_PUBLIC_KEY, or a model already signed) is refused before training without one.
 
 exit status: 0 promoted, 3 not promoted (champion kept), 1 error, 2 usage.
 
@@ -128,6 +132,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="mqtt://host:port[/topic/{name}] [env GAPWATCH_ANNOUNCE_MQTT]",
     )
+    add_promotion_signing_args(p)
     p.add_argument("--report", type=Path, default=None, help="write the evaluation as JSON here")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--log-level", default=env.get("GAPWATCH_LOG_LEVEL", "WARNING"))
@@ -135,6 +140,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        key, required = promotion_signing(args)
+    except BundleError as exc:
+        raise PipelineError(str(exc)) from exc
+    registry = Registry(args.registry, args.name, signing_key=key, require_signed=required)
+    registry.check_signing(f"retrain and promote {args.name}")
     settings = influx_settings_from_args(args)
     client = connect_reader(settings)
     try:
@@ -169,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
         )
         outcome = retrain(
             client,
-            Registry(args.registry, args.name),
+            registry,
             retrain_settings,
             clock=lambda: datetime.now(UTC),
             announcer=announcer,

@@ -12,10 +12,14 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge.errors import BundleError
 
-__all__ = ["ACTIONS", "main"]
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+__all__ = ["ACTIONS", "add_promotion_signing_args", "main", "promotion_signing"]
 
 ACTIONS = ("keygen", "sign", "verify")
 
@@ -150,6 +154,53 @@ def _verify(bundles: Sequence[Path], public_key: Path | None) -> int:
             continue
         print(f"ok   {bundle} (key id {info.key_id})")
     return 1 if failed else 0
+
+
+def add_promotion_signing_args(parser: argparse.ArgumentParser) -> None:
+    """``--signing-key``, ``--passphrase-file`` and ``--public-key`` for commands that promote."""
+    env = os.environ
+    parser.add_argument(
+        "--signing-key",
+        type=Path,
+        default=env.get("GAPWATCH_SIGNING_KEY") or None,
+        help="private key PEM: sign what is promoted or rolled back to, and the CURRENT "
+        "pointer [env GAPWATCH_SIGNING_KEY]",
+    )
+    _passphrase_args(parser, "passphrase of an encrypted signing key")
+    parser.add_argument(
+        "--public-key",
+        type=Path,
+        default=env.get("GAPWATCH_BUNDLE_PUBLIC_KEY") or None,
+        help="the agents' trusted public key(s) PEM: when set, promotion without a signing key "
+        "(or with a key the agents do not trust) is refused [env GAPWATCH_BUNDLE_PUBLIC_KEY]",
+    )
+
+
+def promotion_signing(args: argparse.Namespace) -> tuple[Ed25519PrivateKey | None, bool]:
+    """``(signing key or None, signatures required)`` from :func:`add_promotion_signing_args`.
+
+    Raises BundleError when a key cannot be read, or the signing key is not one the
+    agents trust.
+    """
+    from edge.signing import key_id, load_private_key, load_public_keys
+
+    key = (
+        load_private_key(args.signing_key, _passphrase(args.passphrase_file))
+        if args.signing_key
+        else None
+    )
+    if args.public_key is None:
+        return key, False
+    trusted = {key_id(k) for k in load_public_keys(args.public_key)}
+    if key is not None and key_id(key) not in trusted:
+        raise BundleError(
+            str(args.signing_key),
+            [
+                f"signing key {key_id(key)} is not among the trusted keys in {args.public_key} "
+                f"({', '.join(sorted(trusted))}); agents would refuse what it signs"
+            ],
+        )
+    return key, True
 
 
 def main(argv: list[str] | None = None) -> int:

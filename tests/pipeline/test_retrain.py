@@ -12,6 +12,7 @@ import pytest
 
 from edge.bundle import load_bundle
 from edge.schema import ScoredTick
+from edge.signing import generate_private_key, verify_bundle
 from pipeline.errors import PipelineError
 from pipeline.fakes import FakeInflux
 from pipeline.lineproto import LineEncoder
@@ -139,7 +140,8 @@ def test_retrain_trains_judges_and_promotes_or_keeps(
             )  # fmt: skip
             lines.append(enc.encode(tick))
     influx.write(b"".join(lines))
-    registry = Registry(tmp_path / "models", "m")
+    key = generate_private_key()  # promotion signs: agents with trusted keys accept the winner
+    registry = Registry(tmp_path / "models", "m", signing_key=key)
     # the champion imputes badly (shift) and alarms on every tick (on): easy to beat
     bad = pipeline_bundle_factory("m", "0", shift=4.0, center=0.0, scale=1.0, on=1e-6)
     champion = registry.publish(bad)
@@ -158,6 +160,7 @@ def test_retrain_trains_judges_and_promotes_or_keeps(
     assert [a.version for a in recorder.sent] == [outcome.version]
     assert load_bundle(registry.dir / outcome.version).manifest.window == 8  # as asked
     assert registry.events()[-1].evaluation["challenger"]["version"] == outcome.version
+    verify_bundle(registry.dir / outcome.version, [key.public_key()])
 
     strict = RetrainSettings(
         name="m", start_ms=T0, end_ms=T0 + 400_000, holdout_from_ms=T0 + 300_000, epochs=1,

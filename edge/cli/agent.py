@@ -256,7 +256,25 @@ def _run(config: AgentConfig, control: ServiceControl) -> int:
     )
     filters = [TopicTemplate(t).filter for t in config.mqtt.topics]
     extra = [config.mqtt.announce_topic] if config.mqtt.announce_topic else []
-    source = MqttSource(config.mqtt, config.client_id, filters, clock, extra_filters=extra)
+    source = MqttSource(
+        config.mqtt,
+        config.client_id,
+        filters,
+        clock,
+        extra_filters=extra,
+        on_reconnect=metrics.mqtt_reconnects.inc,
+    )
+    notifier = None
+    if config.alerts.url:
+        from edge.webhook import WebhookNotifier, describe
+
+        notifier = WebhookNotifier(
+            config.alerts,
+            env=os.environ,
+            on_outcome=lambda outcome, n: metrics.alerts.labels(outcome).inc(n),
+        )
+        notifier.start()
+        log.info("webhook.enabled", extra=describe(config.alerts))
     agent = Agent(
         config,
         source=source,
@@ -265,6 +283,7 @@ def _run(config: AgentConfig, control: ServiceControl) -> int:
         watcher=watcher,
         clock=clock,
         metrics=metrics,
+        alarms=None if notifier is None else notifier.on_tick,
     )
     server = None
     if config.metrics.port:
@@ -309,6 +328,8 @@ def _run(config: AgentConfig, control: ServiceControl) -> int:
         thread.join(config.shutdown_timeout_s + 5.0)
         sink.close()
         spool.close()
+        if notifier is not None:
+            notifier.stop(config.alerts.timeout_s)
         if server is not None:
             server.stop()
     return code

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import logging
 import os
@@ -16,6 +17,7 @@ from typing import Any
 from edge.schema import DeadLetter
 from pipeline.config import KafkaSettings, SinkConfig, load_sink_config
 from pipeline.errors import ConfigError, PipelineError, StorageError
+from pipeline.health import SinkHealth
 from pipeline.influx import Influx1Client, connect
 from pipeline.logs import LOG_FORMATS, configure_logging
 from pipeline.metrics import SinkMetrics
@@ -98,10 +100,48 @@ def kafka_security(k: KafkaSettings) -> dict[str, Any]:
     return opts
 
 
-class KafkaRecordSource:
-    """kafka-python consumer in a group, manual commits, rebalance hook to the sink."""
+def consumer_lag(consumer: Any, topic: str, timeout_ms: int) -> dict[tuple[str, int], int]:
+    """Records not yet read, per assigned partition: ``end_offsets`` - ``position``.
 
-    def __init__(self, cfg: SinkConfig, on_revoke: Callable[[], None]) -> None:
+    kafka-python's public API only. With no partition assigned (yet), the topic's partitions
+    (from cached metadata) are asked for their end offsets anyway, so the call still proves
+    that the brokers answer; the result is then empty. Raises KafkaError (e.g.
+    KafkaTimeoutError) when they do not answer within ``timeout_ms``.
+    """
+    from kafka.structs import TopicPartition as KafkaTP
+
+    assigned = sorted(consumer.assignment(), key=lambda tp: (tp.topic, tp.partition))
+    probe = assigned or [
+        KafkaTP(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())
+    ]
+    if not probe:
+        from kafka.errors import KafkaTimeoutError
+
+        raise KafkaTimeoutError(f"no metadata for topic {topic!r} yet")
+    ends = consumer.end_offsets(probe, timeout_ms=timeout_ms)
+    lag = {}
+    for tp in assigned:
+        position = consumer.position(tp, timeout_ms=timeout_ms)
+        if position is not None and ends.get(tp) is not None:
+            lag[(tp.topic, tp.partition)] = max(0, int(ends[tp]) - int(position))
+    return lag
+
+
+class KafkaRecordSource:
+    """kafka-python consumer in a group, manual commits, rebalance hook to the sink.
+
+    Every ``metrics.lag_interval_s`` a poll also refreshes the consumer lag (metric and
+    ``/healthz``) and, with it, whether Kafka answers.
+    """
+
+    def __init__(
+        self,
+        cfg: SinkConfig,
+        on_revoke: Callable[[], None],
+        *,
+        metrics: SinkMetrics | None = None,
+        health: SinkHealth | None = None,
+    ) -> None:
         from kafka import KafkaConsumer
         from kafka.consumer.subscription_state import ConsumerRebalanceListener
 
@@ -133,10 +173,48 @@ class KafkaRecordSource:
             check_crcs=k.check_crcs,
         )
         self._consumer.subscribe([k.topic], listener=_Listener())
+        self._topic = k.topic
+        self._metrics = metrics
+        self._health = health
+        self._lag_every = cfg.metrics.lag_interval_s
+        self._lag_at = 0.0
+        self._lag_labels: set[tuple[str, int]] = set()
 
     def poll(self, timeout_s: float, max_records: int) -> list[PartitionRecords]:
         polled = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        if self._health is not None:
+            self._health.polled()
+        if time.monotonic() >= self._lag_at:
+            self._lag_at = time.monotonic() + self._lag_every
+            self.refresh_lag()
         return [PartitionRecords(tp.topic, tp.partition, records) for tp, records in polled.items()]
+
+    def refresh_lag(self) -> dict[tuple[str, int], int]:
+        """Ask Kafka for end offsets; update the lag gauge and the Kafka part of /healthz."""
+        from kafka.errors import KafkaError
+
+        try:
+            lag = consumer_lag(self._consumer, self._topic, timeout_ms=2000)
+        except KafkaError as exc:
+            if self._health is not None:
+                self._health.failed("kafka", f"{type(exc).__name__}: {exc}")
+            log.warning("sink.kafka_unavailable", extra={"error": str(exc)})
+            return {}
+        if self._health is not None:
+            self._health.ok("kafka")
+            self._health.extra = {
+                "partitions": [f"{t}/{p}" for t, p in sorted(lag)],
+                "consumer_lag": sum(lag.values()),
+            }
+        if self._metrics is not None:
+            gauge = self._metrics.consumer_lag
+            for t, p in self._lag_labels - set(lag):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(t, str(p))
+            for (t, p), n in lag.items():
+                gauge.labels(t, str(p)).set(n)
+            self._lag_labels = set(lag)
+        return lag
 
     def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         from kafka.errors import KafkaError
@@ -217,14 +295,24 @@ def _parser() -> argparse.ArgumentParser:
 
 def run_sink(cfg: SinkConfig, install_signals: bool = True) -> int:
     """Build the adapters from ``cfg``, run until SIGTERM/SIGINT, return an exit status."""
-    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client import CollectorRegistry
+
+    from edge.errors import ConfigError as EdgeConfigError
+    from edge.metrics import MetricsServer
 
     tune_interpreter()
     registry = CollectorRegistry()
     metrics = SinkMetrics.create(registry)
+    health = SinkHealth(time.monotonic, stale_after_s=cfg.metrics.stale_after_s)
+    server = None
     if cfg.metrics.port:
-        start_http_server(cfg.metrics.port, addr=cfg.metrics.host, registry=registry)
-        log.info("sink.metrics_listening", extra={"port": cfg.metrics.port})
+        # /metrics, /healthz (200 consuming and writing, 503 not; JSON either way), else 404
+        try:
+            server = MetricsServer(registry, cfg.metrics.host, cfg.metrics.port, health.report)
+        except EdgeConfigError as exc:
+            raise ConfigError(str(exc)) from exc
+        server.start()
+        log.info("sink.metrics_listening", extra={"port": server.port})
     influx = connect(cfg.influx)
     if cfg.influx.create_database and isinstance(influx, Influx1Client):
         influx.create_database()
@@ -233,7 +321,7 @@ def run_sink(cfg: SinkConfig, install_signals: bool = True) -> int:
     def revoke() -> None:
         holder[0].partitions_revoked()
 
-    source = KafkaRecordSource(cfg, on_revoke=revoke)
+    source = KafkaRecordSource(cfg, on_revoke=revoke, metrics=metrics, health=health)
     letters = KafkaDeadLetters(cfg)
     sink = Sink(
         source,
@@ -242,6 +330,7 @@ def run_sink(cfg: SinkConfig, install_signals: bool = True) -> int:
         SystemClock(),
         settings=SinkSettings.from_config(cfg),
         metrics=metrics,
+        health=health,
     )
     holder.append(sink)
     if install_signals:
@@ -256,6 +345,8 @@ def run_sink(cfg: SinkConfig, install_signals: bool = True) -> int:
         source.close()
         letters.close()
         influx.close()
+        if server is not None:
+            server.stop()
     return 0
 
 

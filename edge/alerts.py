@@ -19,7 +19,7 @@ alert is re-sent while it lasts; see :mod:`edge.webhook`), ``generatorURL`` is o
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
@@ -127,12 +127,11 @@ class AlarmTracker:
 
 @dataclass(frozen=True)
 class AlertLabels:
-    """The fixed parts of every alert: its name, severity, extra labels and back-link."""
+    """The fixed parts of every alert: its name, severity and back-link."""
 
     alertname: str = "GapwatchAnomaly"
     severity: str = "warning"
     generator_url: str = ""  # "{site}" and "{device}" are filled in; "" leaves it out
-    extra: Mapping[str, str] = field(default_factory=dict)
 
 
 def rfc3339(ms: int) -> str:
@@ -147,7 +146,6 @@ def alertmanager_alert(event: AlarmEvent, labels: AlertLabels) -> dict[str, Any]
     peak = "n/a" if event.peak_smoothed is None else f"{event.peak_smoothed:.4g}"
     alert: dict[str, Any] = {
         "labels": {
-            **labels.extra,
             "alertname": labels.alertname,
             "site": event.site,
             "device": event.device,

@@ -218,5 +218,14 @@ class WebhookNotifier:
 
 
 def describe(config: AlertsConfig) -> dict[str, Any]:
-    """The webhook settings for a log line (no secrets: the auth value stays in its variable)."""
-    return {"url": config.url, "retries": config.retries, "auth_env": config.auth_env}
+    """The webhook settings for a log line: no secrets (user:password@ in the URL is masked;
+    the auth value stays in its environment variable)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(config.url)
+    url = config.url
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+        url = urlunsplit(parts._replace(netloc=netloc))
+    return {"url": url, "retries": config.retries, "auth_env": config.auth_env}

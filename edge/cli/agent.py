@@ -203,6 +203,14 @@ def _check(config: AgentConfig) -> int:
     if config.bundles.trusted_keys:
         print(f"signatures: required, trusted keys from {config.bundles.trusted_keys}")
     print(f"spool: {config.spool_path} (when full: {config.spool.when_full})")
+    if config.alerts.url:
+        from edge.webhook import describe
+
+        a = config.alerts
+        auth = f", auth from ${a.auth_env}" if a.auth_env else ""
+        print(f"alerts: webhook {describe(a)['url']} (retries {a.retries}{auth})")
+        if a.auth_env and not os.environ.get(a.auth_env):
+            print(f"alerts: warning: ${a.auth_env} is not set", file=sys.stderr)
     return 0
 
 

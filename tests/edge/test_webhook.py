@@ -178,3 +178,41 @@ def test_open_alarms_are_resent(receiver: tuple[Receiver, str]) -> None:
         n.stop()
     assert len(state.bodies) >= 3
     assert all(body[0]["labels"]["device"] == "pump-1" for body in state.bodies)
+
+
+def test_the_log_line_masks_credentials_in_the_url() -> None:
+    from edge.webhook import describe
+
+    line = describe(AlertsConfig(url="https://bot:pa55@hooks.example:8443/am", auth_env="TOK"))
+    assert line == {"url": "https://***@hooks.example:8443/am", "retries": 3, "auth_env": "TOK"}
+    assert describe(AlertsConfig(url="http://am:9093/api/v2/alerts"))["url"].startswith("http://am")
+
+
+def test_check_reports_the_webhook_and_refuses_a_bad_url(
+    tmp_path: Any, agent_bundle_factory: Any
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    agent_bundle_factory()
+    base = [
+        sys.executable, "-m", "gapwatch", "agent", "--check",
+        "--set", f'bundles.root="{tmp_path / "bundles"}"',
+        "--set", 'devices=[{match="*", bundle="tiny"}]',
+        "--set", f'state_dir="{tmp_path}"',
+        "--set", 'alerts.auth_env="GW_TEST_UNSET_TOKEN"',
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "GW_TEST_UNSET_TOKEN"}
+    ok = subprocess.run(
+        [*base, "--set", 'alerts.url="http://u:p@am.local:9093/api/v2/alerts"'],
+        capture_output=True, text=True, env=env, check=False,
+    )  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    assert "alerts: webhook http://***@am.local:9093/api/v2/alerts" in ok.stdout
+    assert "GW_TEST_UNSET_TOKEN is not set" in ok.stderr
+    bad = subprocess.run(
+        [*base, "--set", 'alerts.url="am.local:9093"'],
+        capture_output=True, text=True, env=env, check=False,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "alerts.url" in bad.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -216,3 +217,33 @@ def test_check_reports_the_webhook_and_refuses_a_bad_url(
         capture_output=True, text=True, env=env, check=False,
     )  # fmt: skip
     assert bad.returncode == 2 and "alerts.url" in bad.stderr
+
+
+def test_a_hanging_receiver_never_blocks_the_scoring_side() -> None:
+    entered, release = threading.Event(), threading.Event()
+    bodies: list[list[dict[str, Any]]] = []
+
+    class Hanging:
+        def post(self, url: str, body: bytes, headers: Any, timeout_s: float) -> int:
+            entered.set()
+            release.wait(30)
+            bodies.append(json.loads(body))
+            return 200
+
+    n = WebhookNotifier(config("http://hook.local/x", queue_max=2), env={}, transport=Hanging())
+    n.start()
+    try:
+        assert n.submit(event(device="d0"))
+        assert entered.wait(10)  # the delivery thread now hangs in the POST of d0
+        accepted = [n.submit(event(device=f"d{i}")) for i in range(1, 6)]
+        assert accepted == [True, True, False, False, False]  # returned at once, queue full
+        assert n.dropped == 3
+        release.set()
+        for _ in range(200):
+            if n.sent == 3:
+                break
+            time.sleep(0.05)
+    finally:
+        release.set()
+        n.stop()
+    assert [a["labels"]["device"] for b in bodies for a in b] == ["d0", "d1", "d2"]

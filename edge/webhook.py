@@ -10,9 +10,10 @@ are re-sent every ``resend_s`` while they last, as Alertmanager expects of its c
 resolves an alert that is not re-sent within its ``resolve_timeout``).
 
 Counted in ``gapwatch_agent_alerts_total{outcome}``: ``sent`` (delivered, re-sends included),
-``failed`` (retries exhausted or refused), ``dropped`` (queue full). Failures are logged as
-``webhook.failed`` / ``webhook.dropped`` (the log handler's repeat filter keeps them to one
-line per 10 s, with a count).
+``failed`` (retries exhausted or refused), ``dropped`` (queue full). ``webhook.retry``,
+``webhook.failed`` and ``webhook.dropped`` are logged at most once per 10 s each, the next line
+carrying ``suppressed=<count>`` of the ones left out (a dead receiver under an alarm storm
+must not flood the journal).
 
 The HTTP call goes through :class:`Transport` (stdlib ``urllib`` by default), so tests can
 count attempts without a network.
@@ -45,6 +46,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 _BATCH_MAX = 64
+_LOG_EVERY_S = 10.0
 
 
 class Transport(Protocol):
@@ -110,7 +112,20 @@ class WebhookNotifier:
         self._open: dict[str, AlarmEvent] = {}  # owned by the delivery thread
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._logged: dict[str, tuple[float, int]] = {}  # event -> (last logged, suppressed)
+        self._log_lock = threading.Lock()
         self.sent = self.failed = self.dropped = 0
+
+    def _warn(self, event: str, extra: dict[str, Any]) -> None:
+        """``log.warning`` at most once per ``_LOG_EVERY_S`` per event, counting the rest."""
+        now = self._clock()
+        with self._log_lock:
+            last, suppressed = self._logged.get(event, (-_LOG_EVERY_S, 0))
+            if now - last < _LOG_EVERY_S:
+                self._logged[event] = (last, suppressed + 1)
+                return
+            self._logged[event] = (now, 0)
+        log.warning(event, extra={**extra, "suppressed": suppressed})
 
     # -- the scoring side: never blocks ------------------------------------------------------
 
@@ -125,9 +140,9 @@ class WebhookNotifier:
         except queue.Full:
             self.dropped += 1
             self._outcome("dropped", 1)
-            log.warning(
+            self._warn(
                 "webhook.dropped",
-                extra={"device": event.key, "kind": event.kind, "queue_max": self._cfg.queue_max},
+                {"alarm": event.key, "kind": event.kind, "queue_max": self._cfg.queue_max},
             )
             return False
         return True
@@ -195,17 +210,16 @@ class WebhookNotifier:
                 return True
             if not is_retryable(status) or attempt == len(delays) or self._stop.is_set():
                 break
-            log.warning(
-                "webhook.retry",
-                extra={"status": status, "error": error, "backoff_s": delays[attempt]},
+            self._warn(
+                "webhook.retry", {"status": status, "error": error, "backoff_s": delays[attempt]}
             )
             if self._stop.wait(delays[attempt]):
                 break
         self.failed += len(events)
         self._outcome("failed", len(events))
-        log.warning(
+        self._warn(
             "webhook.failed",
-            extra={"alerts": len(events), "status": status, "error": error, "resend": resend},
+            {"alerts": len(events), "status": status, "error": error, "resend": resend},
         )
         return False
 

@@ -247,3 +247,16 @@ def test_a_hanging_receiver_never_blocks_the_scoring_side() -> None:
         release.set()
         n.stop()
     assert [a["labels"]["device"] for b in bodies for a in b] == ["d0", "d1", "d2"]
+
+
+def test_warnings_are_rate_limited_with_a_count(caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    n = WebhookNotifier(config("http://127.0.0.1:9/x", queue_max=1), env={}, clock=lambda: now[0])
+    with caplog.at_level("WARNING", logger="edge.webhook"):
+        for i in range(5):
+            n.submit(event(device=f"d{i}"))  # the first fits, four are dropped
+        now[0] = 10.0
+        n.submit(event(device="late"))
+    dropped = [r for r in caplog.records if r.getMessage() == "webhook.dropped"]
+    assert [r.suppressed for r in dropped] == [0, 3]
+    assert n.dropped == 5

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from edge.alerts import AlarmHook
 from edge.align import AlignResult
 from edge.bundle import Bundle
 from edge.config import AgentConfig
@@ -67,6 +68,7 @@ class Agent:
         watcher: BundleWatcher,
         clock: Clock,
         metrics: AgentMetrics | None = None,
+        alarms: AlarmHook | None = None,
     ) -> None:
         self.config = config
         self._source = source
@@ -75,6 +77,7 @@ class Agent:
         self._watcher = watcher
         self._clock = clock
         self._metrics = metrics
+        self._alarms = alarms  # alarm open/close events (edge.webhook); must not block
         if not watcher.current:
             watcher.load_initial()
         self._templates = tuple(TopicTemplate(t) for t in config.mqtt.topics)
@@ -349,6 +352,8 @@ class Agent:
                 counts[2] += int(np.count_nonzero(out.imputed))
                 if out.anomaly:
                     counts[3] += 1
+                if self._alarms is not None:
+                    self._alarms(dev.site, dev.name, manifest.name, manifest.version, out)
                 if tick.received_ms is not None:
                     self._lags.append(max(0, now - tick.received_ms) / 1000.0)
             else:
@@ -448,6 +453,9 @@ class Agent:
             offline = sum(1 for d in self._devices if d.aligner.offline)
             m.devices.labels("online").set(len(self._devices) - offline)
             m.devices.labels("offline").set(offline)
+            arrivals = [a for d in self._devices if (a := d.aligner.last_arrival_ms) is not None]
+            if arrivals:
+                m.last_message_age.set(max(0.0, (self._clock.now_ms() - min(arrivals)) / 1000))
 
     def _apply_reload(self, events: list[ReloadEvent]) -> None:
         for ev in events:

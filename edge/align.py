@@ -100,6 +100,11 @@ class DeviceAligner:
         return self._last_closed
 
     @property
+    def last_arrival_ms(self) -> int | None:
+        """Arrival time (clock ms) of the newest-stamped reading so far; None before the first."""
+        return None if self._anchor is None else self._anchor[1]
+
+    @property
     def offline(self) -> bool:
         return self._offline
 

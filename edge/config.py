@@ -33,6 +33,7 @@ ENV_PREFIX = "GAPWATCH_AGENT__"
 __all__ = [
     "ENV_PREFIX",
     "AgentConfig",
+    "AlertsConfig",
     "AlignConfig",
     "BundlesConfig",
     "DeviceRule",
@@ -151,6 +152,25 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class AlertsConfig:
+    """Alarm open/close events to an Alertmanager-compatible webhook (``edge.webhook``)."""
+
+    url: str = ""  # empty: no webhook; e.g. "http://alertmanager:9093/api/v2/alerts"
+    timeout_s: float = 5.0  # per HTTP request
+    retries: int = 3  # after the first attempt, on connection errors, 5xx, 408 and 429
+    backoff_s: float = 1.0  # first retry delay, doubled per retry ...
+    max_backoff_s: float = 30.0  # ... up to this
+    queue_max: int = 1000  # events waiting for delivery; beyond this they are dropped (counted)
+    resend_s: float = 60.0  # re-send open alarms this often (Alertmanager's resolve_timeout); 0 off
+    auth_header: str = "Authorization"  # header that carries the value of auth_env
+    auth_env: str = ""  # name of an environment variable holding e.g. "Bearer <token>"
+    alertname: str = "GapwatchAnomaly"
+    severity: str = "warning"
+    generator_url: str = ""  # back-link per alert; "{site}" and "{device}" are filled in
+    top_channels: int = 3  # channels an alarm names, most frequent while it was open
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     site: str = "default"  # used when a topic template has no {site}
     state_dir: str = "/var/lib/gapwatch"
@@ -164,6 +184,7 @@ class AgentConfig:
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     bundles: BundlesConfig = field(default_factory=BundlesConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
     devices: tuple[DeviceRule, ...] = ()
 
     @property
@@ -308,4 +329,21 @@ def _check(c: AgentConfig) -> list[str]:
         f"log_level {c.log_level!r}: use DEBUG, INFO, WARNING or ERROR",
     )
     need(c.shutdown_timeout_s >= 0, "shutdown_timeout_s must be >= 0")
+    a = c.alerts
+    need(
+        not a.url or a.url.startswith(("http://", "https://")),
+        f"alerts.url {a.url!r}: use an http:// or https:// URL (empty disables the webhook)",
+    )
+    need(a.timeout_s > 0, f"alerts.timeout_s {a.timeout_s} must be > 0")
+    need(0 <= a.retries <= 20, f"alerts.retries {a.retries} must be in 0..20")
+    need(a.backoff_s >= 0, f"alerts.backoff_s {a.backoff_s} must be >= 0")
+    need(a.max_backoff_s >= a.backoff_s, "alerts.max_backoff_s must be >= alerts.backoff_s")
+    need(a.queue_max >= 1, f"alerts.queue_max {a.queue_max} must be >= 1")
+    need(a.resend_s >= 0, f"alerts.resend_s {a.resend_s} must be >= 0 (0: never re-send)")
+    need(bool(a.alertname), "alerts.alertname is empty: name the alert, e.g. GapwatchAnomaly")
+    need(a.top_channels >= 1, f"alerts.top_channels {a.top_channels} must be >= 1")
+    need(
+        not a.auth_env or bool(a.auth_header),
+        "alerts.auth_env is set but alerts.auth_header is empty: name the header",
+    )
     return p

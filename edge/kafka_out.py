@@ -24,7 +24,7 @@ from edge.config import KafkaConfig
 from edge.errors import ConfigError, TransportError
 from edge.ports import DeliveryCallback
 
-__all__ = ["KafkaSink"]
+__all__ = ["KafkaSink", "security_options"]
 
 log = logging.getLogger(__name__)
 _READ_TIMEOUT_S = 30.0
@@ -69,6 +69,20 @@ def _key_hash_cache() -> Any:
     return KeyHashCache()
 
 
+def security_options(
+    protocol: str, mechanism: str, username: str, password: str, cafile: str
+) -> dict[str, Any]:
+    """kafka-python options for TLS and SASL: the one builder of the agent and the sink."""
+    opts: dict[str, Any] = {"security_protocol": protocol}
+    if mechanism and protocol.startswith("SASL_"):
+        opts.update(
+            sasl_mechanism=mechanism, sasl_plain_username=username, sasl_plain_password=password
+        )
+    if cafile:
+        opts["ssl_cafile"] = cafile
+    return opts
+
+
 class KafkaSink:
     """Producer side of the agent; thread-safe for one sending thread plus callbacks."""
 
@@ -84,24 +98,20 @@ class KafkaSink:
             "client_id": self._client_id,
             "request_timeout_ms": c.request_timeout_ms,
             "reconnect_backoff_max_ms": 2000,  # notice a returning broker within seconds
-            "security_protocol": c.security_protocol,
         }
-        if c.sasl_mechanism:
-            password = c.sasl_password
-            if c.sasl_password_file:
-                try:
-                    password = Path(c.sasl_password_file).read_text(encoding="utf-8").strip()
-                except OSError as exc:
-                    raise ConfigError(
-                        f"kafka.sasl_password_file {c.sasl_password_file!r}: {exc.strerror}"
-                    ) from exc
-            opts.update(
-                sasl_mechanism=c.sasl_mechanism,
-                sasl_plain_username=c.sasl_username,
-                sasl_plain_password=password,
+        password = c.sasl_password
+        if c.sasl_mechanism and c.sasl_password_file:
+            try:
+                password = Path(c.sasl_password_file).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"kafka.sasl_password_file {c.sasl_password_file!r}: {exc.strerror}"
+                ) from exc
+        opts.update(
+            security_options(
+                c.security_protocol, c.sasl_mechanism, c.sasl_username, password, c.ssl_cafile
             )
-        if c.ssl_cafile:
-            opts["ssl_cafile"] = c.ssl_cafile
+        )
         return opts
 
     def _ensure(self) -> Any:

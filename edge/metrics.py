@@ -15,17 +15,53 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
 
 from edge.errors import ConfigError
 
-__all__ = ["AgentMetrics", "MetricsServer"]
+__all__ = ["AgentMetrics", "MetricsServer", "build_versions", "register_runtime_collectors"]
 
 log = logging.getLogger(__name__)
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 _LAG_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+
+def register_runtime_collectors(registry: CollectorRegistry) -> None:
+    """``process_*``, ``python_info`` and ``python_gc_*``: what prometheus-client registers on
+    its global registry by default, added to a registry of our own (where it is not)."""
+    if registry is REGISTRY:  # the global registry has them already
+        return
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+
+
+def build_versions() -> dict[str, str]:
+    """``version`` of gapwatch and the formats/libraries a build is known by (build_info)."""
+    import platform
+    from importlib import metadata
+
+    from edge.bundle import FORMAT_VERSION
+    from edge.schema import SCHEMA_VERSION
+
+    def version(dist: str) -> str:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return "unknown"
+
+    return {
+        "version": version("gapwatch"),
+        "bundle_format": FORMAT_VERSION,
+        "schema": str(SCHEMA_VERSION),
+        "onnxruntime": version("onnxruntime"),
+        "python": platform.python_version(),
+    }
 
 
 class AgentMetrics:
@@ -35,6 +71,32 @@ class AgentMetrics:
         ns = "gapwatch_agent"
         r = registry
         self.registry = registry
+        register_runtime_collectors(r)
+        build = build_versions()
+        self.build_info = Gauge(
+            f"{ns}_build_info",
+            "gapwatch version, bundle format and schema it reads, library versions (value 1); "
+            "the bundles in use are gapwatch_agent_model_info",
+            list(build),
+            registry=r,
+        )
+        self.build_info.labels(**build).set(1)
+        self.mqtt_reconnects = Counter(
+            f"{ns}_mqtt_reconnects", "MQTT connections re-established after a loss", registry=r
+        )
+        self.last_message_age = Gauge(
+            f"{ns}_last_message_age_seconds",
+            "seconds since the newest reading arrived, for the quietest device (max over devices)",
+            registry=r,
+        )
+        self.alerts = Counter(
+            f"{ns}_alerts",
+            "alarm events to the webhook, by outcome: sent, failed, dropped (queue full)",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in ("sent", "failed", "dropped"):
+            self.alerts.labels(outcome)
         self.messages_in = Counter(f"{ns}_messages", "MQTT messages received", registry=r)
         self.readings_in = Counter(f"{ns}_readings", "channel readings accepted", registry=r)
         self.ticks_out = Counter(f"{ns}_ticks", "scored ticks spooled", ["revision"], registry=r)

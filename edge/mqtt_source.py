@@ -24,7 +24,7 @@ import ssl
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,8 @@ class MqttSource:
         filters: Sequence[str],
         clock: Clock,
         extra_filters: Sequence[str] = (),
+        *,
+        on_reconnect: Callable[[], None] | None = None,
     ) -> None:
         self._config = config
         self._client_id = client_id
@@ -75,6 +77,8 @@ class MqttSource:
         self._lock = threading.Lock()
         self._client: Any = None
         self.dropped = 0
+        self.reconnects = 0  # connections made after the first one
+        self._on_reconnect = on_reconnect
         self.status_topic = config.status_topic.replace("{client_id}", client_id)
 
     # -- MessageSource ---------------------------------------------------------------------
@@ -219,6 +223,11 @@ class MqttSource:
             return
         with self._lock:
             self._generation += 1
+            again = self._generation > 1
+        if again:
+            self.reconnects += 1
+            if self._on_reconnect is not None:
+                self._on_reconnect()
         self._connected = True
         self._subscribed = False
         self._down_since = None

@@ -98,6 +98,8 @@ class RetrySettings:
 class MetricsSettings:
     host: str = "0.0.0.0"
     port: int = 9109  # 0 = no metrics endpoint (the agent uses 9108)
+    lag_interval_s: float = 5.0  # how often to ask Kafka for end offsets (consumer lag, health)
+    stale_after_s: float = 60.0  # /healthz: 503 when the consume loop has not polled for this long
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,8 @@ def _validate(cfg: SinkConfig) -> None:
         raise ConfigError(f"retry.give_up_after_s = {r.give_up_after_s}; use 0 (never) or > 0")
     if not 0 <= cfg.metrics.port < 65536:
         raise ConfigError(f"metrics.port = {cfg.metrics.port}; use 0 (off) or a TCP port")
+    _positive(cfg.metrics.lag_interval_s, "metrics.lag_interval_s", "e.g. 5.0 seconds")
+    _positive(cfg.metrics.stale_after_s, "metrics.stale_after_s", "e.g. 60.0 seconds")
 
 
 def check_influx(i: InfluxSettings, where: str = "influx") -> None:

@@ -12,7 +12,12 @@ Names (stable; dashboards and alerts depend on them):
 - ``gapwatch_sink_commit_failures_total``: offset commits refused (rebalance); records are
   re-read by the new owner and overwrite the same points;
 - ``gapwatch_sink_pending_records``: records consumed but not yet committed;
-- ``gapwatch_sink_last_commit_timestamp_seconds``: wall-clock time of the last commit.
+- ``gapwatch_sink_last_commit_timestamp_seconds``: wall-clock time of the last commit;
+- ``gapwatch_sink_consumer_lag{topic,partition}``: records in Kafka not yet read by this sink
+  (end offset - position), per assigned partition, refreshed every ``metrics.lag_interval_s``
+  (add ``gapwatch_sink_pending_records`` for what is read but not yet committed);
+- ``gapwatch_sink_build_info{version,...}``: 1, labelled with the build's versions;
+- ``process_*``, ``python_info``, ``python_gc_*``: prometheus-client's runtime collectors.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from edge.metrics import build_versions, register_runtime_collectors
 
 __all__ = ["SinkMetrics"]
 
@@ -36,10 +43,28 @@ class SinkMetrics:
     commit_failures: Any
     pending_records: Any
     last_commit: Any
+    consumer_lag: Any
+    build_info: Any
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> SinkMetrics:
+        register_runtime_collectors(registry)
+        build = build_versions()
+        build_info = Gauge(
+            "gapwatch_sink_build_info",
+            "gapwatch version, the schema it reads and library versions (value 1).",
+            list(build),
+            registry=registry,
+        )
+        build_info.labels(**build).set(1)
         return cls(
+            build_info=build_info,
+            consumer_lag=Gauge(
+                "gapwatch_sink_consumer_lag",
+                "Records in Kafka not yet read by this sink (end offset - position).",
+                ["topic", "partition"],
+                registry=registry,
+            ),
             records=Counter(
                 "gapwatch_sink_records",
                 "Scored-tick records consumed, by outcome.",

@@ -51,6 +51,7 @@ from pipeline.errors import (
     StorageUnavailable,
     TransportUnavailable,
 )
+from pipeline.health import SinkHealth
 from pipeline.lineproto import Encoded, LineEncoder
 from pipeline.metrics import SinkMetrics
 
@@ -193,6 +194,7 @@ class Sink:
         settings: SinkSettings | None = None,
         metrics: SinkMetrics | None = None,
         encoder: LineEncoder | None = None,
+        health: SinkHealth | None = None,
     ) -> None:
         self._source = source
         self._writer = writer
@@ -201,6 +203,7 @@ class Sink:
         self._s = settings or SinkSettings()
         self._metrics = metrics
         self._encoder = encoder or LineEncoder()
+        self._health = health  # what /healthz reports (pipeline.health)
         self._batch = _Batch()
         self._inflight: tuple[Future[None], _Batch] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sink-writer")
@@ -487,8 +490,12 @@ class Sink:
         while True:
             try:
                 action()
+                if self._health is not None:
+                    self._health.ok("influxdb" if target == "influxdb" else "kafka")
                 return
             except (StorageUnavailable, TransportUnavailable) as exc:
+                if self._health is not None:
+                    self._health.failed("influxdb" if target == "influxdb" else "kafka", str(exc))
                 now = self._clock.monotonic()
                 first_failure = now if first_failure is None else first_failure
                 if self._metrics is not None and target == "influxdb":

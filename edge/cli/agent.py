@@ -161,6 +161,14 @@ def _check(config: AgentConfig) -> int:
     if config.bundles.trusted_keys:
         print(f"signatures: required, trusted keys from {config.bundles.trusted_keys}")
     print(f"spool: {config.spool_path} (when full: {config.spool.when_full})")
+    if config.alerts.url:
+        from edge.webhook import describe
+
+        a = config.alerts
+        auth = f", auth from ${a.auth_env}" if a.auth_env else ""
+        print(f"alerts: webhook {describe(a)['url']} (retries {a.retries}{auth})")
+        if a.auth_env and not os.environ.get(a.auth_env):
+            print(f"alerts: warning: ${a.auth_env} is not set", file=sys.stderr)
     return 0
 
 
@@ -216,7 +224,25 @@ def _run(config: AgentConfig, control: ServiceControl) -> int:
     )
     filters = [TopicTemplate(t).filter for t in config.mqtt.topics]
     extra = [config.mqtt.announce_topic] if config.mqtt.announce_topic else []
-    source = MqttSource(config.mqtt, config.client_id, filters, clock, extra_filters=extra)
+    source = MqttSource(
+        config.mqtt,
+        config.client_id,
+        filters,
+        clock,
+        extra_filters=extra,
+        on_reconnect=metrics.mqtt_reconnects.inc,
+    )
+    notifier = None
+    if config.alerts.url:
+        from edge.webhook import WebhookNotifier, describe
+
+        notifier = WebhookNotifier(
+            config.alerts,
+            env=os.environ,
+            on_outcome=lambda outcome, n: metrics.alerts.labels(outcome).inc(n),
+        )
+        notifier.start()
+        log.info("webhook.enabled", extra=describe(config.alerts))
     agent = Agent(
         config,
         source=source,
@@ -225,6 +251,7 @@ def _run(config: AgentConfig, control: ServiceControl) -> int:
         watcher=watcher,
         clock=clock,
         metrics=metrics,
+        alarms=None if notifier is None else notifier.on_tick,
     )
     server = None
     if config.metrics.port:
@@ -269,6 +296,8 @@ def _run(config: AgentConfig, control: ServiceControl) -> int:
         thread.join(config.shutdown_timeout_s + 5.0)
         sink.close()
         spool.close()
+        if notifier is not None:
+            notifier.stop(config.alerts.timeout_s)
         if server is not None:
             server.stop()
     return code

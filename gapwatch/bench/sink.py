@@ -32,7 +32,6 @@ from typing import TextIO, TypeVar
 
 from edge.ports import SystemClock
 from edge.schema import ScoredTick
-from pipeline.cli.sink import KafkaDeadLetters, KafkaRecordSource, tune_interpreter
 from pipeline.config import (
     BatchSettings,
     InfluxSettings,
@@ -41,8 +40,10 @@ from pipeline.config import (
     SinkConfig,
 )
 from pipeline.influx import Influx1Client
+from pipeline.kafka_in import KafkaDeadLetters, KafkaRecordSource
 from pipeline.lineproto import LineEncoder
 from pipeline.sink import PartitionRecords, Sink, SinkSettings, TopicPartition
+from pipeline.tuning import tune_interpreter
 
 __all__ = ["BenchResult", "main"]
 

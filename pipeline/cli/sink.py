@@ -1,39 +1,31 @@
-"""``gapwatch sink``: consume scored ticks from Kafka into InfluxDB (and the Kafka adapters)."""
+"""``gapwatch sink``: consume scored ticks from Kafka into InfluxDB (adapters: ``kafka_in``)."""
 
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+import time
+from collections.abc import Sequence
 
 from edge.logs import LOG_FORMATS, configure_logging
 from edge.ports import SystemClock
-from edge.schema import DeadLetter
-from pipeline.config import KafkaSettings, SinkConfig, load_sink_config
+from pipeline.config import SinkConfig, load_sink_config
 from pipeline.errors import (
-    CommitFailed,
     ConfigError,
     PipelineError,
     StorageError,
-    TransportUnavailable,
 )
+from pipeline.health import SinkHealth
 from pipeline.influx import Influx1Client, connect
+from pipeline.kafka_in import KafkaDeadLetters, KafkaRecordSource
 from pipeline.metrics import SinkMetrics
-from pipeline.sink import PartitionRecords, Sink, SinkSettings, TopicPartition
+from pipeline.sink import Sink, SinkSettings
+from pipeline.tuning import tune_interpreter
 
-__all__ = [
-    "KafkaDeadLetters",
-    "KafkaRecordSource",
-    "kafka_security",
-    "main",
-    "run_sink",
-    "tune_interpreter",
-]
+__all__ = ["main", "run_sink"]
 
 log = logging.getLogger(__name__)
 
@@ -53,133 +45,6 @@ examples:
 
 exit status: 0 stopped cleanly (SIGTERM/SIGINT), 1 storage gave up or failed, 2 bad config.
 """
-
-
-GC_THRESHOLDS = (50_000, 20, 20)
-SWITCH_INTERVAL_S = 0.0005
-
-
-def tune_interpreter() -> None:
-    """Settings for a process that runs the sink (``gapwatch sink``, the benchmark).
-
-    - **Garbage collector.** The consume loop allocates a few container objects per record and
-      holds them until the batch is committed, so with the default thresholds (700, 10, 10) the
-      cyclic collector ran every few hundred records and its full passes walked every live
-      object: ~1.4 us of the ~13 us of CPU a point cost (``gapwatch bench sink``). The loop
-      makes no reference cycles; collecting after 50,000 net allocations frees the same memory.
-      What is alive at start-up (modules, config) is frozen out of collections altogether.
-    - **GIL switch interval.** The writer thread needs the GIL back each time its socket call
-      returns (the request sent in pieces, the response arriving) while the consume loop is
-      busy decoding the next batch; with the default 5 ms each hand-back can idle InfluxDB for
-      up to 5 ms, several times per write. 0.5 ms keeps that wait short; it only costs anything
-      while two threads want to run.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
-    sys.setswitchinterval(SWITCH_INTERVAL_S)
-
-
-def kafka_security(k: KafkaSettings) -> dict[str, Any]:
-    """kafka-python options for TLS and SASL (none for PLAINTEXT)."""
-    opts: dict[str, Any] = {"security_protocol": k.security_protocol}
-    if k.security_protocol.startswith("SASL_"):
-        opts.update(
-            sasl_mechanism=k.sasl_mechanism,
-            sasl_plain_username=k.sasl_username,
-            sasl_plain_password=k.sasl_password,
-        )
-    if k.ssl_cafile:
-        opts["ssl_cafile"] = k.ssl_cafile
-    return opts
-
-
-class KafkaRecordSource:
-    """kafka-python consumer in a group, manual commits, rebalance hook to the sink."""
-
-    def __init__(self, cfg: SinkConfig, on_revoke: Callable[[], None]) -> None:
-        from kafka import KafkaConsumer
-        from kafka.consumer.subscription_state import ConsumerRebalanceListener
-
-        k = cfg.kafka
-
-        class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-            def on_partitions_revoked(self, revoked: Any) -> None:
-                parts = sorted(f"{tp.topic}/{tp.partition}" for tp in revoked)
-                log.info("sink.partitions_revoked", extra={"partitions": parts})
-                on_revoke()
-
-            def on_partitions_assigned(self, assigned: Any) -> None:
-                parts = sorted(f"{tp.topic}/{tp.partition}" for tp in assigned)
-                log.info("sink.partitions_assigned", extra={"partitions": parts})
-
-        self._consumer = KafkaConsumer(
-            **kafka_security(k),
-            bootstrap_servers=k.bootstrap.split(","),
-            group_id=k.group_id,
-            client_id=k.client_id,
-            enable_auto_commit=False,
-            auto_offset_reset=k.auto_offset_reset,
-            max_poll_records=k.max_poll_records,
-            fetch_max_bytes=k.fetch_max_bytes,
-            max_partition_fetch_bytes=k.max_partition_fetch_bytes,
-            session_timeout_ms=k.session_timeout_ms,
-            heartbeat_interval_ms=k.heartbeat_interval_ms,
-            max_poll_interval_ms=k.max_poll_interval_ms,
-            check_crcs=k.check_crcs,
-        )
-        self._consumer.subscribe([k.topic], listener=_Listener())
-
-    def poll(self, timeout_s: float, max_records: int) -> list[PartitionRecords]:
-        polled = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
-        return [PartitionRecords(tp.topic, tp.partition, records) for tp, records in polled.items()]
-
-    def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
-        from kafka.errors import KafkaError
-        from kafka.structs import OffsetAndMetadata
-        from kafka.structs import TopicPartition as KafkaTP
-
-        payload = {KafkaTP(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}
-        try:
-            self._consumer.commit(payload)
-        except KafkaError as exc:
-            raise CommitFailed(f"offset commit refused: {exc}") from exc
-
-    def close(self) -> None:
-        self._consumer.close(autocommit=False)
-
-
-class KafkaDeadLetters:
-    """Dead letters to a Kafka topic, keyed like the record they came from."""
-
-    def __init__(self, cfg: SinkConfig) -> None:
-        from kafka import KafkaProducer
-
-        self._topic = cfg.kafka.deadletter_topic
-        self._producer = KafkaProducer(
-            **kafka_security(cfg.kafka),
-            bootstrap_servers=cfg.kafka.bootstrap.split(","),
-            client_id=f"{cfg.kafka.client_id}-deadletter",
-            acks="all",
-            linger_ms=5,
-        )
-
-    def publish(self, letters: list[tuple[DeadLetter, bytes | None]]) -> None:
-        from kafka.errors import KafkaError
-
-        try:
-            futures = [
-                self._producer.send(self._topic, key=key, value=letter.encode())
-                for letter, key in letters
-            ]
-            self._producer.flush(timeout=30)
-            for future in futures:
-                future.get(timeout=0)
-        except KafkaError as exc:
-            raise TransportUnavailable(f"dead-letter topic {self._topic!r}: {exc}") from exc
-
-    def close(self) -> None:
-        self._producer.close(timeout=10)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -213,14 +78,24 @@ def _parser() -> argparse.ArgumentParser:
 
 def run_sink(cfg: SinkConfig, install_signals: bool = True) -> int:
     """Build the adapters from ``cfg``, run until SIGTERM/SIGINT, return an exit status."""
-    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client import CollectorRegistry
+
+    from edge.errors import ConfigError as EdgeConfigError
+    from edge.metrics import MetricsServer
 
     tune_interpreter()
     registry = CollectorRegistry()
     metrics = SinkMetrics.create(registry)
+    health = SinkHealth(time.monotonic, stale_after_s=cfg.metrics.stale_after_s)
+    server = None
     if cfg.metrics.port:
-        start_http_server(cfg.metrics.port, addr=cfg.metrics.host, registry=registry)
-        log.info("sink.metrics_listening", extra={"port": cfg.metrics.port})
+        # /metrics, /healthz (200 consuming and writing, 503 not; JSON either way), else 404
+        try:
+            server = MetricsServer(registry, cfg.metrics.host, cfg.metrics.port, health.report)
+        except EdgeConfigError as exc:
+            raise ConfigError(str(exc)) from exc
+        server.start()
+        log.info("sink.metrics_listening", extra={"port": server.port})
     influx = connect(cfg.influx)
     if cfg.influx.create_database and isinstance(influx, Influx1Client):
         influx.create_database()
@@ -229,7 +104,7 @@ def run_sink(cfg: SinkConfig, install_signals: bool = True) -> int:
     def revoke() -> None:
         holder[0].partitions_revoked()
 
-    source = KafkaRecordSource(cfg, on_revoke=revoke)
+    source = KafkaRecordSource(cfg, on_revoke=revoke, metrics=metrics, health=health)
     letters = KafkaDeadLetters(cfg)
     sink = Sink(
         source,
@@ -238,6 +113,7 @@ def run_sink(cfg: SinkConfig, install_signals: bool = True) -> int:
         SystemClock(),
         settings=SinkSettings.from_config(cfg),
         metrics=metrics,
+        health=health,
     )
     holder.append(sink)
     if install_signals:
@@ -252,6 +128,8 @@ def run_sink(cfg: SinkConfig, install_signals: bool = True) -> int:
         source.close()
         letters.close()
         influx.close()
+        if server is not None:
+            server.stop()
     return 0
 
 

@@ -168,6 +168,7 @@ def _make_agent(
     clock: FakeClock | None = None,
     sink: FakeSink | None = None,
     spool: Spool | None = None,
+    alarms: Callable[..., None] | None = None,
 ) -> Harness:
     clock = clock or FakeClock(AGENT_T0 + 500)
     settings = [
@@ -193,6 +194,7 @@ def _make_agent(
         watcher=watcher,
         clock=clock,
         metrics=metrics,
+        alarms=alarms,
     )
     return Harness(config, clock, source, sink, spool, forwarder, agent, metrics)
 
@@ -202,5 +204,5 @@ AgentFactory = Callable[..., Harness]
 
 @pytest.fixture
 def agent_harness() -> AgentFactory:
-    """``make(tmp_path, bundle_root, *"key=value", clock=, sink=, spool=) -> Harness``."""
+    """``make(tmp_path, bundle_root, *"key=value", clock=, sink=, spool=, alarms=) -> Harness``."""
     return _make_agent

@@ -265,3 +265,22 @@ def test_provisioning_points_at_the_dashboard_and_data_source() -> None:
     provider = (GRAFANA / "provisioning/dashboards/gapwatch.yaml").read_text()
     assert re.search(r"^\s+type: file$", provider, re.MULTILINE)
     assert re.search(r"^\s+path: /var/lib/grafana/dashboards/gapwatch$", provider, re.MULTILINE)
+
+
+def test_alert_rule_queries_name_the_alarmed_devices(influx_url: str, seeded: str) -> None:
+    import yaml
+
+    path = GRAFANA / "provisioning" / "alerting" / "gapwatch-alerts.yaml"
+    rules = {r["uid"]: r for g in yaml.safe_load(path.read_text())["groups"] for r in g["rules"]}
+
+    def run(uid: str) -> dict[str, float]:
+        (data,) = [d for d in rules[uid]["data"] if d["datasourceUid"] == "gapwatch-influxdb"]
+        query = substitute(data["model"]["query"], ALL_SITES, ALL_DEVICES, "temp")
+        result = run_query(influx_url, seeded, query)
+        assert "error" not in result, f"{uid}: {result.get('error')}\n{query}"
+        return {s["tags"]["device"]: s["values"][-1][1] for s in result.get("series", [])}
+
+    assert run("gapwatch-device-alarm") == {"pump-1": 11, "valve.7": 3}
+    silent = sum(len(r) for r in SILENT.values())
+    shares = run("gapwatch-imputed-share")
+    assert shares == pytest.approx(dict.fromkeys(ALL_DEVICES, silent / TICKS / len(CHANNELS)))

@@ -105,7 +105,7 @@ def test_the_sink_container_settings_pass_the_sink_validation() -> None:
     assert cfg.influx.bucket == env_file("influxdb.env")["DOCKER_INFLUXDB_INIT_BUCKET"]
     assert cfg.kafka.bootstrap == "kafka:9092"
     health = " ".join(sink["healthcheck"]["test"])
-    assert f":{cfg.metrics.port}/metrics" in health
+    assert f":{cfg.metrics.port}/healthz" in health  # a 503 (not consuming or writing) fails it
 
 
 def test_one_token_everywhere() -> None:

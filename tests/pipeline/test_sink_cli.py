@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from pipeline.cli.sink import GC_THRESHOLDS, SWITCH_INTERVAL_S, tune_interpreter
+from pipeline.tuning import GC_THRESHOLDS, SWITCH_INTERVAL_S, tune_interpreter
 
 
 @pytest.fixture

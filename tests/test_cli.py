@@ -36,7 +36,7 @@ def test_help_lists_available_subcommands() -> None:
         for line in result.stdout.splitlines()
         if line.startswith("  ") and line.strip()
     ]
-    available = [name for name, sub in cli.SUBCOMMANDS.items() if dispatch.available(sub.module)]
+    available = [name for name, sub in cli.subcommands().items() if dispatch.available(sub.module)]
     assert listed == available
 
 

@@ -33,7 +33,12 @@ from numpy.typing import NDArray
 from edge.bundle import Manifest
 from edge.scorer import ModelLike
 from edge.series import score_series
-from training.baselines import BaselineSettings, imputation_baselines
+from training.baselines import (
+    BaselineSettings,
+    Filler,
+    ImputationBaseline,
+    imputation_baselines,
+)
 from training.data import Series
 from training.errors import DataError
 from training.masks import random_points
@@ -260,19 +265,8 @@ def _z_scaling(
     return center, np.where(scale > 0, scale, 1.0)
 
 
-def evaluate_imputation(
-    parts: Sequence[SplitPart],
-    model: ModelLike | None,
-    setup: ImputationSetup,
-    *,
-    progress: Progress | None = None,
-    clock: Callable[[], float] | None = None,
-) -> ImputationReport:
-    """Run every method on every (file, mask type, seed); see the module docstring."""
-    if not parts:
-        raise DataError("no data to evaluate")
-    bar = progress or _Silent()
-    tick = clock or (lambda: 0.0)
+def _chosen_baselines(setup: ImputationSetup) -> list[ImputationBaseline]:
+    """The baselines ``setup`` names (all when it names none); unknown names are an error."""
     chosen = [
         b
         for b in imputation_baselines(setup.settings)
@@ -283,11 +277,16 @@ def evaluate_imputation(
         if unknown:
             known = [b.name for b in imputation_baselines()]
             raise DataError(f"unknown baseline(s) {unknown}; choose from {known}")
+    return chosen
+
+
+def _methods_and_notes(
+    chosen: Sequence[ImputationBaseline], model: ModelLike | None, setup: ImputationSetup
+) -> tuple[list[MethodInfo], list[str]]:
+    """Every method in report order (baselines, then the two VAE modes) and the report's notes."""
     methods = [MethodInfo(b.name, b.causal, b.summary) for b in chosen]
     notes: list[str] = []
-    vae: _EvalModel | None = None
     if model is not None:
-        vae = _EvalModel(model, max(p.test.shape[0] for p in parts))
         d = model.manifest.backfill_delay
         methods += [
             MethodInfo("vae_causal", True, f"VAE {model.manifest.name}, window ends at the tick"),
@@ -302,64 +301,135 @@ def evaluate_imputation(
             f"per-tick sklearn imputers fit on at most {setup.settings.max_fit_rows} sampled "
             f"train rows; ExtraTrees with {setup.settings.forest_trees} trees"
         )
-    stats = {
-        m.name: {k: [ErrorStats(0, 0, 0)] * setup.seeds for k in setup.mask_types} for m in methods
-    }
-    seconds = dict.fromkeys((m.name for m in methods), 0.0)
-    entries = dict.fromkeys(setup.mask_types, 0)
-    unimputed = 0
-    for part in parts:
-        center, scale = _z_scaling(part, model, setup.scaling)
+    return methods, notes
+
+
+@dataclass(frozen=True)
+class _ZPart:
+    """One split part with its z scaling: the truth in z units and where it was observed."""
+
+    part: SplitPart
+    center: NDArray[np.float64]
+    scale: NDArray[np.float64]
+    truth_z: NDArray[np.float64]
+    observed: NDArray[np.bool_]
+
+
+class _Trials:
+    """Runs every (file, mask type, seed) trial and adds up errors, seconds and entries."""
+
+    def __init__(
+        self,
+        setup: ImputationSetup,
+        chosen: Sequence[ImputationBaseline],
+        vae: _EvalModel | None,
+        *,
+        bar: Progress,
+        tick: Callable[[], float],
+    ) -> None:
+        self.setup, self.chosen, self.vae, self.bar, self.tick = setup, chosen, vae, bar, tick
+        names = [b.name for b in chosen] + (list(VAE_METHODS) if vae is not None else [])
+        self.stats = {
+            m: {k: [ErrorStats(0, 0, 0)] * setup.seeds for k in setup.mask_types} for m in names
+        }
+        self.seconds = dict.fromkeys(names, 0.0)
+        self.entries = dict.fromkeys(setup.mask_types, 0)
+        self.unimputed = 0
+
+    def run_part(self, part: SplitPart, model: ModelLike | None) -> None:
+        center, scale = _z_scaling(part, model, self.setup.scaling)
         train_z = (part.train - center) / scale
-        truth_z = (part.test - center) / scale
-        observed = ~np.isnan(part.test)
+        z = _ZPart(part, center, scale, (part.test - center) / scale, ~np.isnan(part.test))
         fillers = {}
-        for b in chosen:
-            t0 = tick()
+        for b in self.chosen:
+            t0 = self.tick()
             fillers[b.name] = b.fit(train_z)
-            seconds[b.name] += tick() - t0
-        for kind in setup.mask_types:
-            for seed in range(setup.seeds):
-                rng = np.random.default_rng([seed, _stable(part.name), _stable(kind)])
-                hide = MASK_TYPES[kind].draw(part.test.shape, rng, setup.length, setup.coverage)
-                hide &= observed
-                entries[kind] += int(hide.sum())
-                hidden_z = np.where(hide, np.nan, truth_z)
-                for b in chosen:
-                    t0 = tick()
-                    filled = fillers[b.name](hidden_z)
-                    seconds[b.name] += tick() - t0
-                    stats[b.name][kind][seed] += masked_errors(truth_z, filled, hide)
-                    bar.step(f"{part.name} {kind} seed {seed} {b.name}")
-                if vae is not None:
-                    hidden_raw = np.where(hide, np.nan, part.test)
-                    for name in VAE_METHODS:
-                        t0 = tick()
-                        res = score_series(
-                            vae,
-                            hidden_raw,
-                            part.test_ts_ms,
-                            mode="backfill" if name == "vae_backfill" else "causal",
-                            batch=setup.batch,
-                        )
-                        seconds[name] += tick() - t0
-                        pred_z = (res.values - center) / scale
-                        missing = hide & np.isnan(pred_z)
-                        unimputed += int(missing.sum())
-                        pred_z = np.where(missing, 0.0, pred_z)  # scored as the scaling center
-                        stats[name][kind][seed] += masked_errors(truth_z, pred_z, hide)
-                        bar.step(f"{part.name} {kind} seed {seed} {name}")
-                log.info(
-                    "evaluate.imputation_trial",
-                    extra={
-                        "file": part.name,
-                        "mask": kind,
-                        "seed": seed,
-                        "hidden": int(hide.sum()),
-                    },
-                )
-    if unimputed:
-        notes.append(f"{unimputed} hidden entries the VAE left empty were scored as z = 0")
+            self.seconds[b.name] += self.tick() - t0
+        for kind in self.setup.mask_types:
+            for seed in range(self.setup.seeds):
+                self._trial(z, fillers, kind, seed)
+
+    def _trial(self, z: _ZPart, fillers: dict[str, Filler], kind: str, seed: int) -> None:
+        part, setup = z.part, self.setup
+        rng = np.random.default_rng([seed, _stable(part.name), _stable(kind)])
+        hide = MASK_TYPES[kind].draw(part.test.shape, rng, setup.length, setup.coverage)
+        hide &= z.observed
+        self.entries[kind] += int(hide.sum())
+        hidden_z = np.where(hide, np.nan, z.truth_z)
+        for b in self.chosen:
+            t0 = self.tick()
+            filled = fillers[b.name](hidden_z)
+            self.seconds[b.name] += self.tick() - t0
+            self.stats[b.name][kind][seed] += masked_errors(z.truth_z, filled, hide)
+            self.bar.step(f"{part.name} {kind} seed {seed} {b.name}")
+        if self.vae is not None:
+            self._vae_trial(self.vae, z, hide, kind, seed)
+        log.info(
+            "evaluate.imputation_trial",
+            extra={"file": part.name, "mask": kind, "seed": seed, "hidden": int(hide.sum())},
+        )
+
+    def _vae_trial(
+        self, vae: _EvalModel, z: _ZPart, hide: NDArray[np.bool_], kind: str, seed: int
+    ) -> None:
+        part = z.part
+        hidden_raw = np.where(hide, np.nan, part.test)
+        for name in VAE_METHODS:
+            t0 = self.tick()
+            res = score_series(
+                vae,
+                hidden_raw,
+                part.test_ts_ms,
+                mode="backfill" if name == "vae_backfill" else "causal",
+                batch=self.setup.batch,
+            )
+            self.seconds[name] += self.tick() - t0
+            pred_z = (res.values - z.center) / z.scale
+            missing = hide & np.isnan(pred_z)
+            self.unimputed += int(missing.sum())
+            pred_z = np.where(missing, 0.0, pred_z)  # scored as the scaling center
+            self.stats[name][kind][seed] += masked_errors(z.truth_z, pred_z, hide)
+            self.bar.step(f"{part.name} {kind} seed {seed} {name}")
+
+
+def _setup_dict(
+    parts: Sequence[SplitPart], model: ModelLike | None, setup: ImputationSetup
+) -> dict[str, Any]:
+    return {
+        "files": [p.name for p in parts],
+        "test_from_ms": {p.name: p.test_from_ms for p in parts},
+        "train_ticks": sum(p.train.shape[0] for p in parts),
+        "test_ticks": sum(p.test.shape[0] for p in parts),
+        "mask_types": list(setup.mask_types),
+        "seeds": setup.seeds,
+        "length": setup.length,
+        "coverage": setup.coverage,
+        "scaling": setup.scaling,
+        "baseline_settings": vars(setup.settings),
+        "bundle": None if model is None else f"{model.manifest.name}/{model.manifest.version}",
+    }
+
+
+def evaluate_imputation(
+    parts: Sequence[SplitPart],
+    model: ModelLike | None,
+    setup: ImputationSetup,
+    *,
+    progress: Progress | None = None,
+    clock: Callable[[], float] | None = None,
+) -> ImputationReport:
+    """Run every method on every (file, mask type, seed); see the module docstring."""
+    if not parts:
+        raise DataError("no data to evaluate")
+    chosen = _chosen_baselines(setup)
+    methods, notes = _methods_and_notes(chosen, model, setup)
+    vae = None if model is None else _EvalModel(model, max(p.test.shape[0] for p in parts))
+    trials = _Trials(setup, chosen, vae, bar=progress or _Silent(), tick=clock or (lambda: 0.0))
+    for part in parts:
+        trials.run_part(part, model)
+    if trials.unimputed:
+        notes.append(f"{trials.unimputed} hidden entries the VAE left empty were scored as z = 0")
+    stats = trials.stats
     mae = {
         m: {k: float(np.mean([s.mae for s in v])) for k, v in d.items()} for m, d in stats.items()
     }
@@ -373,22 +443,10 @@ def evaluate_imputation(
         mae=mae,
         rmse=rmse,
         mae_per_seed={m: {k: [s.mae for s in v] for k, v in d.items()} for m, d in stats.items()},
-        entries={k: v // setup.seeds for k, v in entries.items()},
-        seconds=seconds,
+        entries={k: v // setup.seeds for k, v in trials.entries.items()},
+        seconds=trials.seconds,
         notes=tuple(notes),
-        setup={
-            "files": [p.name for p in parts],
-            "test_from_ms": {p.name: p.test_from_ms for p in parts},
-            "train_ticks": sum(p.train.shape[0] for p in parts),
-            "test_ticks": sum(p.test.shape[0] for p in parts),
-            "mask_types": list(setup.mask_types),
-            "seeds": setup.seeds,
-            "length": setup.length,
-            "coverage": setup.coverage,
-            "scaling": setup.scaling,
-            "baseline_settings": vars(setup.settings),
-            "bundle": None if model is None else f"{model.manifest.name}/{model.manifest.version}",
-        },
+        setup=_setup_dict(parts, model, setup),
     )
 
 

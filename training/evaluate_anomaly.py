@@ -260,29 +260,21 @@ def _knobs(setup: AnomalySetup, rescale: bool) -> str:
     return "".join(f", {p}" for p in parts)
 
 
-def evaluate_anomaly(
-    files: Sequence[LabelledFile],
-    model: ModelLike | None,
-    setup: AnomalySetup,
-    *,
-    progress: Progress | None = None,
-    clock: Callable[[], float] | None = None,
-) -> AnomalyReport:
-    """Score every file with the VAE and the baselines; see the module docstring."""
-    if not files:
-        raise DataError("no labelled files to evaluate")
-    unknown = sorted(set(setup.baselines) - set(ANOMALY_BASELINES))
-    if unknown:
-        raise DataError(f"unknown baseline(s) {unknown}; choose from {sorted(ANOMALY_BASELINES)}")
-    tick = clock or (lambda: 0.0)
-    calib = CalibrationSettings(
+def _calibration(setup: AnomalySetup) -> CalibrationSettings:
+    """The baselines' calibration with the setup's warm-up."""
+    return CalibrationSettings(
         warmup=setup.warmup,
         ewma_alpha=setup.calibration.ewma_alpha,
         target_rate=setup.calibration.target_rate,
         folds=setup.calibration.folds,
     )
+
+
+def _methods(
+    model: ModelLike | None, setup: AnomalySetup, variants: dict[str, bool]
+) -> list[MethodInfo]:
+    """Every method in report order: the VAE variants, the baselines, then ``flag_all``."""
     methods: list[MethodInfo] = []
-    variants = {("vae_rescaled" if r else "vae"): r for r in dict.fromkeys(setup.rescale)}
     if model is not None:
         methods += [
             MethodInfo(
@@ -299,19 +291,44 @@ def evaluate_anomaly(
         for b in setup.baselines
     ]
     methods.append(MethodInfo("flag_all", True, "every row flagged (label balance reference)"))
-    pools = {m.name: _Pool() for m in methods}
-    per_file: dict[str, dict[str, dict[str, float]]] = {m.name: {} for m in methods}
-    seconds = dict.fromkeys((m.name for m in methods), 0.0)
-    for f in files:
-        n = f.labels.size
+    return methods
+
+
+class _Scoring:
+    """Scores each file with every method and pools the rows; per-file metrics and seconds."""
+
+    def __init__(
+        self,
+        model: ModelLike | None,
+        setup: AnomalySetup,
+        methods: Sequence[MethodInfo],
+        variants: dict[str, bool],
+        tick: Callable[[], float],
+    ) -> None:
+        self.model, self.setup, self.variants, self.tick = model, setup, variants, tick
+        self.calib = _calibration(setup)
+        self.pools = {m.name: _Pool() for m in methods}
+        self.per_file: dict[str, dict[str, dict[str, float]]] = {m.name: {} for m in methods}
+        self.seconds = dict.fromkeys((m.name for m in methods), 0.0)
+
+    def _add(
+        self, name: str, f: LabelledFile, score: NDArray[np.float64], flags: NDArray[np.bool_]
+    ) -> None:
+        pool = self.pools[name]
+        self.per_file[name][f.name] = pool.add(
+            f, self.setup.warmup, score, flags, self.setup.nab_window_s
+        )
+
+    def file(self, f: LabelledFile) -> None:
+        setup, n = self.setup, f.labels.size
         if n <= setup.warmup:
             raise DataError(f"{f.name}: {n} rows, need more than the warm-up of {setup.warmup}")
-        for name, rescale in variants.items():
-            if model is None:
+        for name, rescale in self.variants.items():
+            if self.model is None:
                 break
-            t0 = tick()
+            t0 = self.tick()
             res = score_series(
-                model,
+                self.model,
                 f.series.values,
                 f.series.ts_ms,
                 mode="causal",
@@ -321,41 +338,64 @@ def evaluate_anomaly(
                 warmup_margin=setup.warmup_margin,
                 rescale_scale_weight=setup.rescale_scale_weight,
             )
-            seconds[name] += tick() - t0
-            per_file[name][f.name] = pools[name].add(
-                f, setup.warmup, res.score[f.row_tick], res.anomaly[f.row_tick], setup.nab_window_s
-            )
+            self.seconds[name] += self.tick() - t0
+            self._add(name, f, res.score[f.row_tick], res.anomaly[f.row_tick])
         for b in setup.baselines:
-            t0 = tick()
-            run = run_detector(ANOMALY_BASELINES[b], f.row_values, calib)
-            seconds[b] += tick() - t0
-            per_file[b][f.name] = pools[b].add(
-                f, setup.warmup, run.score, run.anomaly, setup.nab_window_s
-            )
-        per_file["flag_all"][f.name] = pools["flag_all"].add(
-            f, setup.warmup, np.zeros(n), np.ones(n, dtype=bool), setup.nab_window_s
-        )
+            t0 = self.tick()
+            run = run_detector(ANOMALY_BASELINES[b], f.row_values, self.calib)
+            self.seconds[b] += self.tick() - t0
+            self._add(b, f, run.score, run.anomaly)
+        self._add("flag_all", f, np.zeros(n), np.ones(n, dtype=bool))
         log.info("evaluate.anomaly_file", extra={"file": f.name, "rows": n})
+
+
+def _setup_dict(
+    files: Sequence[LabelledFile],
+    model: ModelLike | None,
+    setup: AnomalySetup,
+    calib: CalibrationSettings,
+) -> dict[str, Any]:
+    return {
+        "files": [f.name for f in files],
+        "scored_rows": sum(f.labels.size - setup.warmup for f in files),
+        "warmup_rows": setup.warmup,
+        "rescale": list(setup.rescale),
+        "warmup_margin": setup.warmup_margin,
+        "rescale_scale_weight": setup.rescale_scale_weight,
+        "baseline_calibration": vars(calib),
+        "nab_window_s": setup.nab_window_s,
+        "bundle": None if model is None else f"{model.manifest.name}/{model.manifest.version}",
+    }
+
+
+def evaluate_anomaly(
+    files: Sequence[LabelledFile],
+    model: ModelLike | None,
+    setup: AnomalySetup,
+    *,
+    progress: Progress | None = None,
+    clock: Callable[[], float] | None = None,
+) -> AnomalyReport:
+    """Score every file with the VAE and the baselines; see the module docstring."""
+    if not files:
+        raise DataError("no labelled files to evaluate")
+    unknown = sorted(set(setup.baselines) - set(ANOMALY_BASELINES))
+    if unknown:
+        raise DataError(f"unknown baseline(s) {unknown}; choose from {sorted(ANOMALY_BASELINES)}")
+    variants = {("vae_rescaled" if r else "vae"): r for r in dict.fromkeys(setup.rescale)}
+    methods = _methods(model, setup, variants)
+    scoring = _Scoring(model, setup, methods, variants, clock or (lambda: 0.0))
+    for f in files:
+        scoring.file(f)
         if progress is not None:
             progress.step(f.name)
-    results = {name: pool.summary() for name, pool in pools.items()}
-    rows = sum(f.labels.size - setup.warmup for f in files)
+    results = {name: pool.summary() for name, pool in scoring.pools.items()}
     return AnomalyReport(
         methods=tuple(methods),
         results=results,
-        per_file=per_file,
-        seconds=seconds,
-        setup={
-            "files": [f.name for f in files],
-            "scored_rows": rows,
-            "warmup_rows": setup.warmup,
-            "rescale": list(setup.rescale),
-            "warmup_margin": setup.warmup_margin,
-            "rescale_scale_weight": setup.rescale_scale_weight,
-            "baseline_calibration": vars(calib),
-            "nab_window_s": setup.nab_window_s,
-            "bundle": None if model is None else f"{model.manifest.name}/{model.manifest.version}",
-        },
+        per_file=scoring.per_file,
+        seconds=scoring.seconds,
+        setup=_setup_dict(files, model, setup, scoring.calib),
         notes=(
             "metrics on the original rows of all files concatenated (rows after each file's "
             f"warm-up of {setup.warmup}); F1 is point-wise, never point-adjusted",

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from edge.bundle import (
     FORMAT_VERSION,
@@ -34,9 +35,9 @@ from edge.scorer import fit_scaling
 from training.calibrate import Holdout, calibrate_threshold, holdout_report
 from training.data import LoadOptions, Series, load_series
 from training.errors import DataError, TrainingError
-from training.export import DEFAULT_OPSET, export_checked
-from training.train import TrainConfig, train_vae
-from training.windows import make_windows
+from training.export import DEFAULT_OPSET, ExportResult, export_checked
+from training.train import TrainConfig, TrainResult, train_vae
+from training.windows import WindowSet, make_windows
 
 __all__ = ["BundleConfig", "default_version", "train_bundle"]
 
@@ -122,6 +123,142 @@ def _producer() -> dict[str, str]:
     }
 
 
+def _policy(cfg: BundleConfig) -> tuple[int, int]:
+    """``(backfill delay, max gap ticks)`` of the bundle, defaults filled in and checked."""
+    w = cfg.train.window
+    if not 0.0 < cfg.holdout < 1.0:
+        raise TrainingError(f"holdout must be in (0, 1), got {cfg.holdout}")
+    backfill = w // 4 if cfg.backfill_delay is None else cfg.backfill_delay
+    max_gap = w if cfg.max_gap_ticks is None else cfg.max_gap_ticks
+    if not 0 <= backfill < w:
+        raise TrainingError(f"backfill delay {backfill} must be in [0, window {w})")
+    return backfill, max_gap
+
+
+@dataclass(frozen=True)
+class _Split:
+    """Each series cut in time: its first ``splits[i]`` ticks train, the rest is held out."""
+
+    series: list[Series]
+    splits: list[int]
+    train_parts: list[Series]
+
+    @classmethod
+    def of(cls, series: list[Series], holdout: float, window: int) -> _Split:
+        splits = [max(window, len(s) - round(holdout * len(s))) for s in series]
+        parts = [s.slice(0, k) for s, k in zip(series, splits, strict=True)]
+        return cls(series, splits, parts)
+
+    def holdouts(self, window: int) -> list[Holdout]:
+        held = [
+            Holdout(s.values, s.ts_ms, k, s.anomalous)
+            for s, k in zip(self.series, self.splits, strict=True)
+            if k < len(s)
+        ]
+        if not held:
+            raise TrainingError(
+                f"no held-out ticks: every series is at most one window ({window} ticks) long"
+            )
+        return held
+
+
+def _train_windows(
+    parts: Sequence[Series], tc: TrainConfig
+) -> tuple[NDArray[np.float64], NDArray[np.float64], WindowSet]:
+    """``(center, scale, windows)``: scaling fitted on the normal train rows, then windowed."""
+    normal_rows = [p.values[~p.anomalous] for p in parts]
+    center, scale = fit_scaling(np.concatenate(normal_rows))
+    windows = make_windows(
+        [p.values for p in parts],
+        center,
+        scale,
+        tc.window,
+        exclude=[p.anomalous for p in parts],
+        min_observed=tc.min_observed,
+    )
+    return center, scale, windows
+
+
+def _draft(
+    cfg: BundleConfig,
+    *,
+    name: str,
+    version: str,
+    created_at: datetime,
+    channels: tuple[Channel, ...],
+    tick_seconds: float,
+    policy: tuple[int, int],
+    opset: int,
+) -> Manifest:
+    """The manifest before calibration: threshold infinite, no training or evaluation record."""
+    backfill, max_gap = policy
+    return Manifest(
+        format_version=FORMAT_VERSION,
+        name=name,
+        version=version,
+        created_at=created_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        channels=channels,
+        tick_seconds=tick_seconds,
+        window=cfg.train.window,
+        max_gap_ticks=max_gap,
+        backfill_delay=backfill,
+        inputs=INPUT_NAMES,
+        outputs=OUTPUT_NAMES,
+        opset=opset,
+        score=SCORE_MEANING,
+        threshold=ThresholdSpec(float("inf"), float("inf"), cfg.ewma_alpha, cfg.false_alarm_rate),
+        training={},
+        evaluation={},
+        model_sha256="0" * 64,
+        producer=_producer(),
+        extra={"scoring": {"top_k": 3, "top_z": 2.0, "warmup_margin": cfg.warmup_margin}},
+    )
+
+
+def _session_bundle(onnx_bytes: bytes, manifest: Manifest, out_root: str | Path) -> Bundle:
+    """The exported graph in onnxruntime (one thread) behind the draft manifest."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+    return Bundle(path=Path(out_root), manifest=manifest, session=session)
+
+
+def _training_record(
+    split: _Split,
+    windows: int,
+    tc: TrainConfig,
+    *,
+    result: TrainResult,
+    exported: ExportResult,
+    seconds: float,
+) -> dict[str, Any]:
+    """The manifest's ``training`` section: data, split, hyperparameters, losses, export."""
+    series = split.series
+    return {
+        "sources": [s.source or s.name for s in series],
+        "series": [s.name for s in series],
+        "time_range": [
+            _rfc3339(int(min(s.ts_ms[0] for s in series))),
+            _rfc3339(int(max(s.ts_ms[-1] for s in series))),
+        ],
+        "ticks": int(sum(len(s) for s in series)),
+        "train_ticks": int(sum(len(p) for p in split.train_parts)),
+        "heldout_ticks": int(sum(len(s) - k for s, k in zip(series, split.splits, strict=True))),
+        "train_windows": windows,
+        "excluded_anomalous_ticks": int(sum(int(s.anomalous.sum()) for s in series)),
+        "scaling": "median / (IQR / 1.349) of training observations",
+        "seed": tc.seed,
+        "hyperparameters": asdict(tc),
+        "epoch_losses": [round(v, 5) for v in result.epoch_losses],
+        "exporter": exported.exporter,
+        "onnx_parity_max_abs_diff": exported.max_abs_diff,
+        "seconds": round(seconds, 2),
+    }
+
+
 def train_bundle(
     sources: Sequence[str | Path | Series],
     out_root: str | Path,
@@ -130,38 +267,20 @@ def train_bundle(
     clock: Callable[[], datetime] = _utc_now,
 ) -> Path:
     """Train, export, verify, calibrate and write a bundle; return its directory."""
-    import onnxruntime as ort
-
     cfg = config or BundleConfig()
-    tc = cfg.train
-    w = tc.window
-    if not 0.0 < cfg.holdout < 1.0:
-        raise TrainingError(f"holdout must be in (0, 1), got {cfg.holdout}")
-    backfill = w // 4 if cfg.backfill_delay is None else cfg.backfill_delay
-    max_gap = w if cfg.max_gap_ticks is None else cfg.max_gap_ticks
-    if not 0 <= backfill < w:
-        raise TrainingError(f"backfill delay {backfill} must be in [0, window {w})")
+    w = cfg.train.window
+    backfill, max_gap = policy = _policy(cfg)
     series = _load(sources, cfg.load)
     started = time.perf_counter()
     name = cfg.name or series[0].name.replace("/", "-").replace(" ", "_")
     version = cfg.version or default_version(clock())
 
-    splits = [max(w, len(s) - round(cfg.holdout * len(s))) for s in series]
-    train_parts = [s.slice(0, k) for s, k in zip(series, splits, strict=True)]
-    normal_rows = [p.values[~p.anomalous] for p in train_parts]
-    center, scale = fit_scaling(np.concatenate(normal_rows))
-    windows = make_windows(
-        [p.values for p in train_parts],
-        center,
-        scale,
-        w,
-        exclude=[p.anomalous for p in train_parts],
-        min_observed=tc.min_observed,
-    )
+    split = _Split.of(series, cfg.holdout, w)
+    center, scale, windows = _train_windows(split.train_parts, cfg.train)
     log.info("train.start", extra={"bundle": f"{name}/{version}", "windows": len(windows)})
     # The edge reads the newest tick and the back-fill tick of each window: the entry head is
     # trained and exported for those two positions (training.model.Decoder.restrict_entry_head).
-    tc = replace(tc, entry_rows=(w - 1 - backfill, w - 1))
+    tc = replace(cfg.train, entry_rows=(w - 1 - backfill, w - 1))
     result = train_vae(windows, len(series[0].channels), tc, progress=cfg.progress)
 
     pick = np.linspace(0, len(windows) - 1, num=min(256, len(windows))).astype(np.int64)
@@ -172,41 +291,18 @@ def train_bundle(
         Channel(c, cfg.units.get(c, ""), float(m), float(s))
         for c, m, s in zip(series[0].channels, center, scale, strict=True)
     )
-    holdouts = [
-        Holdout(s.values, s.ts_ms, k, s.anomalous)
-        for s, k in zip(series, splits, strict=True)
-        if k < len(s)
-    ]
-    if not holdouts:
-        raise TrainingError(
-            f"no held-out ticks: every series is at most one window ({w} ticks) long"
-        )
-    draft = Manifest(
-        format_version=FORMAT_VERSION,
+    holdouts = split.holdouts(w)
+    draft = _draft(
+        cfg,
         name=name,
         version=version,
-        created_at=clock().astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        created_at=clock(),
         channels=channels,
         tick_seconds=series[0].tick_seconds,
-        window=w,
-        max_gap_ticks=max_gap,
-        backfill_delay=backfill,
-        inputs=INPUT_NAMES,
-        outputs=OUTPUT_NAMES,
+        policy=policy,
         opset=exported.opset,
-        score=SCORE_MEANING,
-        threshold=ThresholdSpec(float("inf"), float("inf"), cfg.ewma_alpha, cfg.false_alarm_rate),
-        training={},
-        evaluation={},
-        model_sha256="0" * 64,
-        producer=_producer(),
-        extra={"scoring": {"top_k": 3, "top_z": 2.0, "warmup_margin": cfg.warmup_margin}},
     )
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.log_severity_level = 3
-    session = ort.InferenceSession(exported.onnx_bytes, options, providers=["CPUExecutionProvider"])
-    model = Bundle(path=Path(out_root), manifest=draft, session=session)
+    model = _session_bundle(exported.onnx_bytes, draft, out_root)
     context = 4 * w
     threshold, _ = calibrate_threshold(
         model, holdouts, cfg.false_alarm_rate, alpha=cfg.ewma_alpha, context=context
@@ -219,26 +315,9 @@ def train_bundle(
         seed=tc.seed,
     )
     seconds = time.perf_counter() - started
-    training: dict[str, Any] = {
-        "sources": [s.source or s.name for s in series],
-        "series": [s.name for s in series],
-        "time_range": [
-            _rfc3339(int(min(s.ts_ms[0] for s in series))),
-            _rfc3339(int(max(s.ts_ms[-1] for s in series))),
-        ],
-        "ticks": int(sum(len(s) for s in series)),
-        "train_ticks": int(sum(len(p) for p in train_parts)),
-        "heldout_ticks": int(sum(len(s) - k for s, k in zip(series, splits, strict=True))),
-        "train_windows": len(windows),
-        "excluded_anomalous_ticks": int(sum(int(s.anomalous.sum()) for s in series)),
-        "scaling": "median / (IQR / 1.349) of training observations",
-        "seed": tc.seed,
-        "hyperparameters": asdict(tc),
-        "epoch_losses": [round(v, 5) for v in result.epoch_losses],
-        "exporter": exported.exporter,
-        "onnx_parity_max_abs_diff": exported.max_abs_diff,
-        "seconds": round(seconds, 2),
-    }
+    training = _training_record(
+        split, len(windows), tc, result=result, exported=exported, seconds=seconds
+    )
     manifest = replace(draft, threshold=threshold, training=training, evaluation=evaluation)
     path = write_bundle(out_root, manifest, exported.onnx_bytes)
     log.info("train.bundle_written", extra={"path": str(path), "seconds": round(seconds, 2)})

@@ -233,16 +233,24 @@ def _cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def main(argv: Sequence[str]) -> int:
-    args = _parser().parse_args(list(argv))
-    run = uuid.uuid4().hex[:8]
-    topic = f"bench-sink-{run}"
-    ticks = make_ticks(args.records, args.devices)
-    encoder = LineEncoder()
-    lines = [encoder.encode(t) for t in ticks]
-    points = sum(line.count(b"\n") for line in lines)
-    bodies = _bodies(lines, args.batch)
-    _produce(args.bootstrap, topic, args.partitions, ticks)
+def _sink_config(args: argparse.Namespace, topic: str, database: str, round_no: int) -> SinkConfig:
+    return SinkConfig(
+        kafka=replace(
+            KafkaSettings(),
+            bootstrap=args.bootstrap,
+            topic=topic,
+            group_id=f"{topic}-{round_no}",
+        ),
+        influx=replace(InfluxSettings(), url=args.influx, database=database, gzip=args.gzip),
+        batch=replace(BatchSettings(), max_points=args.batch),
+        metrics=replace(MetricsSettings(), port=0),
+    )
+
+
+def _rounds(
+    args: argparse.Namespace, topic: str, run: str, bodies: list[bytes], points: int
+) -> tuple[list[BenchResult], list[float]]:
+    """``--rounds`` times: the bare writer, then the sink; their results and the sink's CPU s."""
     admin = Influx1Client(args.influx, "", gzip=args.gzip)
     results: list[BenchResult] = []
     sink_cpu: list[float] = []
@@ -250,17 +258,7 @@ def main(argv: Sequence[str]) -> int:
         for round_no in range(args.rounds):
             db_base, db_sink = f"bench_base_{run}_{round_no}", f"bench_sink_{run}_{round_no}"
             base_client = Influx1Client(args.influx, db_base, gzip=args.gzip)
-            cfg = SinkConfig(
-                kafka=replace(
-                    KafkaSettings(),
-                    bootstrap=args.bootstrap,
-                    topic=topic,
-                    group_id=f"{topic}-{round_no}",
-                ),
-                influx=replace(InfluxSettings(), url=args.influx, database=db_sink, gzip=args.gzip),
-                batch=replace(BatchSettings(), max_points=args.batch),
-                metrics=replace(MetricsSettings(), port=0),
-            )
+            cfg = _sink_config(args, topic, db_sink, round_no)
             try:
                 baseline_s = _baseline(base_client, bodies)
                 cpu = _cpu_s()
@@ -274,10 +272,17 @@ def main(argv: Sequence[str]) -> int:
     finally:
         admin.close()
         _delete_topic(args.bootstrap, topic)
-    result = sorted(results, key=lambda r: r.ratio)[len(results) // 2]  # the median round
-    cpu_us = 1e6 * sorted(sink_cpu)[len(sink_cpu) // 2] / points
-    ok = result.sink_rate >= TARGET_POINTS_S and result.ratio >= TARGET_RATIO
-    report = {
+    return results, sink_cpu
+
+
+def _met(result: BenchResult) -> bool:
+    return result.sink_rate >= TARGET_POINTS_S and result.ratio >= TARGET_RATIO
+
+
+def _report(
+    result: BenchResult, results: list[BenchResult], cpu_us: float, ok: bool
+) -> dict[str, object]:
+    return {
         "records": result.records,
         "points": result.points,
         "rounds": len(results),
@@ -293,12 +298,14 @@ def main(argv: Sequence[str]) -> int:
         "target_ratio": TARGET_RATIO,
         "met": ok,
     }
-    out = sys.stdout
-    if args.json:
-        out.write(json.dumps(report) + "\n")
-        return 0 if ok else 1
+
+
+def _write_text(
+    out: TextIO, batch: int, result: BenchResult, results: list[BenchResult], cpu_us: float
+) -> None:
+    ok = _met(result)
     out.write(
-        f"records {result.records}, points {result.points} (batches of {args.batch}), "
+        f"records {result.records}, points {result.points} (batches of {batch}), "
         f"median of {len(results)} round(s)\n"
     )
     out.write(f"bare writer (pre-serialised) : {result.baseline_rate:>10,.0f} points/s\n")
@@ -313,6 +320,26 @@ def main(argv: Sequence[str]) -> int:
         f"ratio {result.ratio:.2f} (target >= {TARGET_RATIO}); "
         f"target {TARGET_POINTS_S:,.0f} points/s: {'met' if ok else 'NOT met'}\n"
     )
+
+
+def main(argv: Sequence[str]) -> int:
+    args = _parser().parse_args(list(argv))
+    run = uuid.uuid4().hex[:8]
+    topic = f"bench-sink-{run}"
+    ticks = make_ticks(args.records, args.devices)
+    encoder = LineEncoder()
+    lines = [encoder.encode(t) for t in ticks]
+    points = sum(line.count(b"\n") for line in lines)
+    bodies = _bodies(lines, args.batch)
+    _produce(args.bootstrap, topic, args.partitions, ticks)
+    results, sink_cpu = _rounds(args, topic, run, bodies, points)
+    result = sorted(results, key=lambda r: r.ratio)[len(results) // 2]  # the median round
+    cpu_us = 1e6 * sorted(sink_cpu)[len(sink_cpu) // 2] / points
+    ok = _met(result)
+    if args.json:
+        sys.stdout.write(json.dumps(_report(result, results, cpu_us, ok)) + "\n")
+    else:
+        _write_text(sys.stdout, args.batch, result, results, cpu_us)
     return 0 if ok else 1
 
 

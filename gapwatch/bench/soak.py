@@ -289,17 +289,64 @@ def _say(line: str) -> None:
     sys.stdout.write(line + "\n")
 
 
-def main(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
+def _watch(
+    args: argparse.Namespace,
+    agent: subprocess.Popen[bytes],
+    *,
+    port: int,
+    log: Path,
+    prefix: str,
+    files: list[Path],
+) -> list[Sample] | None:
+    """Replay and sample the agent every ``--sample-s`` for ``--minutes``; None if it exited."""
     from tqdm import tqdm
 
+    t0, samples = time.monotonic(), []
+    replay = _Replay(args, prefix, files)
+    total = int(args.minutes * 60 / args.sample_s)
+    try:
+        for _ in tqdm(range(total), desc="soak", unit="sample", disable=args.no_progress):
+            time.sleep(args.sample_s)
+            if agent.poll() is not None:
+                sys.stderr.write(f"agent exited ({agent.returncode}); see {log}\n")
+                sys.stderr.write(log.read_text(errors="replace")[-3000:])
+                return None
+            replay.step()
+            rss, fds, cpu = _proc_stats(agent.pid)
+            samples.append(
+                Sample(
+                    time.monotonic() - t0,
+                    rss,
+                    fds,
+                    cpu,
+                    _metric(port, "gapwatch_agent_kafka_acked_total"),
+                    _metric(port, "gapwatch_agent_spool_records"),
+                    replay.passes,
+                )
+            )
+    finally:
+        replay.stop()
+        agent.send_signal(signal.SIGTERM)
+        agent.wait(120)
+    return samples
+
+
+def _check(bootstrap: str, prefix: str, log: Path) -> tuple[int, int, int]:
+    """``(records in the scored topic, duplicates per (key, ts, revision), error log lines)``."""
     from edge.schema import ScoredTick
 
-    files = sorted((data_dir() / "skab" / "valve1").glob("*.csv"), key=lambda p: int(p.stem))
-    files = files[: args.devices]
-    if len(files) < args.devices:
-        sys.stderr.write(f"need {args.devices} files under {data_dir()}/skab/valve1\n")
-        return 2
+    values = _read_topic(bootstrap, f"{prefix}.scored")
+    keys = Counter((t.key, t.ts_ms, t.revision) for t in map(ScoredTick.decode, values))
+    duplicates = sum(n - 1 for n in keys.values() if n > 1)
+    errors = sum(
+        '"level": "error"' in line or "level=error" in line
+        for line in log.read_text(errors="replace").splitlines()
+    )
+    return len(values), duplicates, errors
+
+
+def _soak(args: argparse.Namespace, files: list[Path]) -> tuple[list[Sample], int, int, int] | int:
+    """``(samples, records, duplicates, error log lines)`` of one run, or its exit code."""
     prefix = f"soak-{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory(prefix="gapwatch-soak-") as tmp_name:
         tmp = Path(tmp_name)
@@ -312,48 +359,16 @@ def main(argv: list[str]) -> int:
             sys.stderr.write(f"agent did not subscribe; see {log}\n")
             agent.kill()
             return 1
-        t0, samples, npass = time.monotonic(), [], 0
-        replay = _Replay(args, prefix, files)
-        total = int(args.minutes * 60 / args.sample_s)
-        try:
-            for _ in tqdm(range(total), desc="soak", unit="sample", disable=args.no_progress):
-                time.sleep(args.sample_s)
-                if agent.poll() is not None:
-                    sys.stderr.write(f"agent exited ({agent.returncode}); see {log}\n")
-                    sys.stderr.write(log.read_text(errors="replace")[-3000:])
-                    return 1
-                replay.step()
-                npass = replay.passes
-                rss, fds, cpu = _proc_stats(agent.pid)
-                samples.append(
-                    Sample(
-                        time.monotonic() - t0,
-                        rss,
-                        fds,
-                        cpu,
-                        _metric(port, "gapwatch_agent_kafka_acked_total"),
-                        _metric(port, "gapwatch_agent_spool_records"),
-                        npass,
-                    )
-                )
-        finally:
-            replay.stop()
-            agent.send_signal(signal.SIGTERM)
-            agent.wait(120)
-        values = _read_topic(args.kafka, f"{prefix}.scored")
-        keys = Counter((t.key, t.ts_ms, t.revision) for t in map(ScoredTick.decode, values))
-        duplicates = sum(n - 1 for n in keys.values() if n > 1)
-        errors = sum(
-            '"level": "error"' in line or "level=error" in line
-            for line in log.read_text(errors="replace").splitlines()
-        )
-    if len(samples) < 2:
-        sys.stderr.write("too short to compare windows: raise --minutes\n")
-        return 2
-    summary = _summary(samples, duplicates, len(values), errors)
+        samples = _watch(args, agent, port=port, log=log, prefix=prefix, files=files)
+        if samples is None:
+            return 1
+        return (samples, *_check(args.kafka, prefix, log))
+
+
+def _print_table(args: argparse.Namespace, summary: dict[str, Any], passes: int) -> None:
     _say(
         f"soak: {args.minutes:g} min, {args.devices} devices at x{args.speed:g}, "
-        f"{npass + 1} replay passes  ({MACHINE_NOTE})"
+        f"{passes + 1} replay passes  ({MACHINE_NOTE})"
     )
     rows = [
         ("resident memory MiB", summary["rss_mb_first"], summary["rss_mb_last"]),
@@ -365,9 +380,28 @@ def main(argv: list[str]) -> int:
         _say(f"{name:22} {fmt(a, 1):>14} {fmt(b, 1):>14} {fmt(b / a if a else float('nan')):>8}")
     _say(
         f"memory growth {fmt(summary['rss_growth_mb_per_hour'], 1)} MiB/h; "
-        f"{summary['records_in_kafka']} records, {duplicates} duplicates; "
-        f"{errors} error log lines; spool backlog at the end {summary['spool_records_last']:g}"
+        f"{summary['records_in_kafka']} records, {summary['duplicates']} duplicates; "
+        f"{summary['error_log_lines']} error log lines; "
+        f"spool backlog at the end {summary['spool_records_last']:g}"
     )
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    files = sorted((data_dir() / "skab" / "valve1").glob("*.csv"), key=lambda p: int(p.stem))
+    files = files[: args.devices]
+    if len(files) < args.devices:
+        sys.stderr.write(f"need {args.devices} files under {data_dir()}/skab/valve1\n")
+        return 2
+    soaked = _soak(args, files)
+    if isinstance(soaked, int):
+        return soaked
+    samples, records, duplicates, errors = soaked
+    if len(samples) < 2:
+        sys.stderr.write("too short to compare windows: raise --minutes\n")
+        return 2
+    summary = _summary(samples, duplicates, records, errors)
+    _print_table(args, summary, samples[-1].sim_passes)
     write_json(
         Path(args.json),
         {

@@ -16,12 +16,13 @@ and writes JSON. Registered in :data:`gapwatch.bench.cli.BENCHMARKS`.
 
 from __future__ import annotations
 
+import argparse
 import math
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gapwatch.bench.cli import (
     MACHINE_NOTE,
@@ -36,7 +37,13 @@ from gapwatch.bench.cli import (
     write_json,
 )
 
+if TYPE_CHECKING:
+    from edge.bundle import Manifest
+    from training.evaluate_anomaly import AnomalyReport
+
 __all__ = ["anomaly", "imputation", "inference"]
+
+Check = tuple[str, float, float, bool]  # (target, measured, limit, met), as in targets_table
 
 # -- imputation --------------------------------------------------------------------------------
 
@@ -139,8 +146,7 @@ def imputation(argv: list[str]) -> int:
 ANOMALY_RULE = {"window": 8, "rescale_scale_weight": 0.8, "warmup_margin": 0.5}
 
 
-def anomaly(argv: list[str]) -> int:
-    """Train on SKAB's normal rows, evaluate causal detection with a 400-row warm-up per file."""
+def _anomaly_parser() -> argparse.ArgumentParser:
     p = bench_parser(
         "anomaly", "Causal VAE anomaly detection on SKAB vs causal baselines, same run."
     )
@@ -159,7 +165,31 @@ def anomaly(argv: list[str]) -> int:
         default=bench_env("warmup_margin", str(ANOMALY_RULE["warmup_margin"])),
         help="widening of the warm-up threshold above its median (default %(default)s)",
     )
-    args = p.parse_args(argv)
+    return p
+
+
+def _anomaly_checks(report: AnomalyReport) -> tuple[list[Check], list[str]]:
+    """The targets of both VAE rows, and each row's ratios to the Mahalanobis baseline."""
+    base = report.results["mahalanobis"]
+    checks: list[Check] = []
+    lines = []
+    for name in ("vae", "vae_rescaled"):
+        vae = report.results[name]
+        checks += [
+            (f"{name} F1 ≥ 0.80", vae.f1, 0.80, vae.f1 >= 0.80),
+            (f"{name} FAR ≤ 20 %", 100 * vae.far, 20.0, vae.far <= 0.20),
+        ]
+        lines.append(
+            f"{name} / mahalanobis: F1 ×{fmt(vae.f1 / base.f1, 2)}, "
+            f"FAR ×{fmt(vae.far / base.far if base.far else math.nan, 2)}, "
+            f"MAR ×{fmt(vae.mar / base.mar if base.mar else math.nan, 2)}"
+        )
+    return checks, lines
+
+
+def anomaly(argv: list[str]) -> int:
+    """Train on SKAB's normal rows, evaluate causal detection with a 400-row warm-up per file."""
+    args = _anomaly_parser().parse_args(argv)
 
     from training.cli.evaluate import ProgressBar, find_files
     from training.data import LoadOptions
@@ -189,19 +219,7 @@ def anomaly(argv: list[str]) -> int:
         finally:
             bar.close()
         seconds = time.perf_counter() - t0
-        base = report.results["mahalanobis"]
-        checks, lines = [], []
-        for name in ("vae", "vae_rescaled"):
-            vae = report.results[name]
-            checks += [
-                (f"{name} F1 ≥ 0.80", vae.f1, 0.80, vae.f1 >= 0.80),
-                (f"{name} FAR ≤ 20 %", 100 * vae.far, 20.0, vae.far <= 0.20),
-            ]
-            lines.append(
-                f"{name} / mahalanobis: F1 ×{fmt(vae.f1 / base.f1, 2)}, "
-                f"FAR ×{fmt(vae.far / base.far if base.far else math.nan, 2)}, "
-                f"MAR ×{fmt(vae.mar / base.mar if base.mar else math.nan, 2)}"
-            )
+        checks, lines = _anomaly_checks(report)
         sys.stdout.write(
             render_anomaly(report)
             + "\n\n"
@@ -252,6 +270,72 @@ def _best_us_per_tick(fn: Callable[[], Any], ticks: int, repeats: int) -> tuple[
     return runs[0], runs[len(runs) // 2]
 
 
+def _inference_timings(model: Any, n: int, repeats: int) -> dict[str, tuple[float, float]]:
+    """(best, median) µs per tick of each path, on ``n`` synthetic ticks around the scaling."""
+    import numpy as np
+
+    from edge.scorer import model_inputs
+    from edge.series import score_series
+    from training.anomaly_baselines import MahalanobisDetector
+
+    m = model.manifest
+    # Synthetic ticks around the bundle's own scaling, 5 % missing: cost does not depend
+    # on the values, and any bundle can be timed this way.
+    rng = np.random.default_rng(0)
+    vals = m.center + m.scale * rng.normal(size=(n + m.window, len(m.channels)))
+    vals[rng.random(vals.shape) < 0.05] = np.nan
+    ts = (np.arange(n + m.window, dtype=np.int64) + 1) * round(m.tick_seconds * 1000)
+    windows = np.stack([vals[i : i + m.window] for i in range(n)])
+    x, mask = model_inputs(windows, m.center, m.scale)
+
+    def batched(size: int) -> Callable[[], None]:
+        def go() -> None:
+            for s in range(0, n, size):
+                model.run(x[s : s + size], mask[s : s + size])
+
+        return go
+
+    det = MahalanobisDetector()
+    det.fit(vals[: min(400, n)])
+    rows = vals[m.window : m.window + n]
+
+    def numpy_t2() -> None:
+        for s in range(0, n, 64):
+            det.score(rows[s : s + 64])
+
+    return {
+        "onnx_batch64": _best_us_per_tick(batched(64), n, repeats),
+        "onnx_batch1": _best_us_per_tick(batched(1), n, repeats),
+        "score_series_batch64": _best_us_per_tick(
+            lambda: score_series(model, vals[:n], ts[:n], batch=64), n, repeats
+        ),
+        "numpy_mahalanobis_batch64": _best_us_per_tick(numpy_t2, n, repeats),
+    }
+
+
+def _inference_text(
+    manifest: Manifest, n: int, repeats: int, results: dict[str, tuple[float, float]]
+) -> str:
+    from training.evaluate_report import table
+
+    m = manifest
+    base = results["onnx_batch64"][0]
+    cells = [[k, fmt(b, 1), fmt(med, 1), fmt(b / base, 2)] for k, (b, med) in results.items()]
+    return (
+        f"bundle {m.name}/{m.version}: window {m.window} × {len(m.channels)} channels, "
+        f"{n} ticks per timing, best/median of {repeats}\n"
+        + table(["path", "µs/tick best", "µs/tick median", "× onnx batch 64"], cells)
+        + "\n\n"
+        + targets_table([("onnx µs/tick at batch 64 ≤ 20", base, 20.0, base <= 20.0)])
+        + "\n"
+        + "\nonnx_*: Bundle.run only (onnxruntime, 1 intra-op thread); score_series_batch64:"
+        " the edge scorer end to end (windowing, NLL, EWMA, hysteresis, back-fill);"
+        " numpy baseline: Mahalanobis T² of the newest tick (standardise + quadratic form),"
+        " batches of 64, no model. Inputs: synthetic ticks around the bundle's scaling,"
+        " 5 % missing.\n" + MACHINE_NOTE + "\n"
+    )
+
+
 def inference(argv: list[str]) -> int:
     """µs per tick: bundle at batch 64 and 1, the full scorer, and a numpy T² baseline."""
     p = bench_parser("inference", "Inference cost per tick through the bundle on one CPU thread.")
@@ -260,70 +344,17 @@ def inference(argv: list[str]) -> int:
     p.add_argument("--repeats", type=int, default=bench_env("repeats", "5"))
     args = p.parse_args(argv)
 
-    import numpy as np
-
-    from edge.scorer import model_inputs
-    from edge.series import score_series
-    from training.anomaly_baselines import MahalanobisDetector
-
     source = data_dir() / "skab" / "anomaly-free" / "anomaly-free.csv"
 
     def train(root: Path) -> Path:
         return train_for_bench([source], "bench-inference", args, root)
 
     def run(model: Any, train_seconds: float) -> int:
-        from training.evaluate_report import table
-
         m = model.manifest
         n = 1024 if args.quick else args.ticks
         repeats = 2 if args.quick else args.repeats
-        # Synthetic ticks around the bundle's own scaling, 5 % missing: cost does not depend
-        # on the values, and any bundle can be timed this way.
-        rng = np.random.default_rng(0)
-        vals = m.center + m.scale * rng.normal(size=(n + m.window, len(m.channels)))
-        vals[rng.random(vals.shape) < 0.05] = np.nan
-        ts = (np.arange(n + m.window, dtype=np.int64) + 1) * round(m.tick_seconds * 1000)
-        windows = np.stack([vals[i : i + m.window] for i in range(n)])
-        x, mask = model_inputs(windows, m.center, m.scale)
-
-        def batched(size: int) -> Callable[[], None]:
-            def go() -> None:
-                for s in range(0, n, size):
-                    model.run(x[s : s + size], mask[s : s + size])
-
-            return go
-
-        det = MahalanobisDetector()
-        det.fit(vals[: min(400, n)])
-        rows = vals[m.window : m.window + n]
-
-        def numpy_t2() -> None:
-            for s in range(0, n, 64):
-                det.score(rows[s : s + 64])
-
-        results = {
-            "onnx_batch64": _best_us_per_tick(batched(64), n, repeats),
-            "onnx_batch1": _best_us_per_tick(batched(1), n, repeats),
-            "score_series_batch64": _best_us_per_tick(
-                lambda: score_series(model, vals[:n], ts[:n], batch=64), n, repeats
-            ),
-            "numpy_mahalanobis_batch64": _best_us_per_tick(numpy_t2, n, repeats),
-        }
-        base = results["onnx_batch64"][0]
-        cells = [[k, fmt(b, 1), fmt(med, 1), fmt(b / base, 2)] for k, (b, med) in results.items()]
-        sys.stdout.write(
-            f"bundle {m.name}/{m.version}: window {m.window} × {len(m.channels)} channels, "
-            f"{n} ticks per timing, best/median of {repeats}\n"
-            + table(["path", "µs/tick best", "µs/tick median", "× onnx batch 64"], cells)
-            + "\n\n"
-            + targets_table([("onnx µs/tick at batch 64 ≤ 20", base, 20.0, base <= 20.0)])
-            + "\n"
-            + "\nonnx_*: Bundle.run only (onnxruntime, 1 intra-op thread); score_series_batch64:"
-            " the edge scorer end to end (windowing, NLL, EWMA, hysteresis, back-fill);"
-            " numpy baseline: Mahalanobis T² of the newest tick (standardise + quadratic form),"
-            " batches of 64, no model. Inputs: synthetic ticks around the bundle's scaling,"
-            " 5 % missing.\n" + MACHINE_NOTE + "\n"
-        )
+        results = _inference_timings(model, n, repeats)
+        sys.stdout.write(_inference_text(m, n, repeats, results))
         write_json(
             args.json,
             {

@@ -149,96 +149,29 @@ class Manifest:
         ``expect`` is the ``(name, version)`` of the path the manifest was found at
         (``<name>/<version>/``): a manifest naming another model or version is refused.
         """
-        problems: list[str] = []
         if not isinstance(data, dict):
             raise BundleError(where, ["manifest is not a JSON object"])
         known = {f for f in cls.__dataclass_fields__ if f != "extra"}
-        for key in sorted(known - set(data)):
-            problems.append(f"missing field {key!r}")
-        if problems:
-            raise BundleError(where, problems)
-
+        missing = [f"missing field {key!r}" for key in sorted(known - set(data))]
+        if missing:
+            raise BundleError(where, missing)
+        problems: list[str] = []
         fv = str(data["format_version"])
-        m = re.fullmatch(r"(\d+)\.(\d+)", fv)
-        if m is None:
-            problems.append(f"format_version {fv!r} is not '<major>.<minor>'")
-        elif int(m.group(1)) != SUPPORTED_MAJOR:
-            problems.append(
-                f"format_version {fv!r} has major {m.group(1)}; this reader knows {SUPPORTED_MAJOR}"
-            )
-        for key in ("name", "version"):
-            if not isinstance(data[key], str) or not _NAME_RE.match(data[key]):
-                problems.append(f"{key} {data[key]!r} must match {_NAME_RE.pattern}")
-        if expect is not None:
-            for key, wanted in zip(("name", "version"), expect, strict=True):
-                if data[key] != wanted:
-                    problems.append(
-                        f"manifest {key} {data[key]!r} does not match the path "
-                        f"{expect[0]}/{expect[1]} (a bundle must sit in <name>/<version>/)"
-                    )
-
-        channels: list[Channel] = []
-        raw_channels = data["channels"]
-        if not isinstance(raw_channels, list) or not raw_channels:
-            problems.append("channels must be a non-empty list")
-            raw_channels = []
-        for i, ch in enumerate(raw_channels):
-            try:
-                c = Channel(
-                    str(ch["name"]), str(ch["unit"]), float(ch["center"]), float(ch["scale"])
-                )
-            except (KeyError, TypeError, ValueError) as exc:
-                problems.append(f"channels[{i}] needs name, unit, center, scale ({exc!r})")
-                continue
-            if not (np.isfinite(c.scale) and c.scale > 0 and np.isfinite(c.center)):
-                problems.append(f"channels[{i}] ({c.name}) needs finite center and scale > 0")
-            channels.append(c)
-        names = [c.name for c in channels]
-        if len(set(names)) != len(names):
-            problems.append(f"channel names are not unique: {names}")
-
-        def _num(key: str, kind: type, minimum: float) -> Any:
-            try:
-                value = kind(data[key])
-            except (TypeError, ValueError):
-                problems.append(f"{key} {data[key]!r} is not a {kind.__name__}")
-                return kind(minimum)
-            if not value >= minimum:
-                problems.append(f"{key} {value!r} must be >= {minimum}")
-            return value
-
-        tick = _num("tick_seconds", float, 1e-6)
-        window = _num("window", int, 1)
-        max_gap = _num("max_gap_ticks", int, 0)
-        backfill = _num("backfill_delay", int, 0)
-        opset = _num("opset", int, 1)
+        _check_identity(data, fv, expect, problems)
+        channels = _channels(data["channels"], problems)
+        num = _Numbers(data, problems)
+        tick = num.get("tick_seconds", float, 1e-6)
+        window = num.get("window", int, 1)
+        max_gap = num.get("max_gap_ticks", int, 0)
+        backfill = num.get("backfill_delay", int, 0)
+        opset = num.get("opset", int, 1)
         if isinstance(window, int) and isinstance(backfill, int) and backfill >= max(window, 1):
             problems.append(f"backfill_delay {backfill} must be smaller than window {window}")
-
         if list(data["inputs"]) != list(INPUT_NAMES):
             problems.append(f"inputs {data['inputs']!r} must be {list(INPUT_NAMES)}")
         if list(data["outputs"]) != list(OUTPUT_NAMES):
             problems.append(f"outputs {data['outputs']!r} must be {list(OUTPUT_NAMES)}")
-
-        thr = data["threshold"]
-        threshold = ThresholdSpec(0.0, 0.0, 1.0, 0.0)
-        try:
-            threshold = ThresholdSpec(
-                float(thr["on"]),
-                float(thr["off"]),
-                float(thr["ewma_alpha"]),
-                float(thr["target_false_alarm_rate"]),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            problems.append(
-                f"threshold needs on, off, ewma_alpha, target_false_alarm_rate ({exc!r})"
-            )
-        else:
-            if not threshold.off <= threshold.on:
-                problems.append(f"threshold off {threshold.off} must be <= on {threshold.on}")
-            if not 0 < threshold.ewma_alpha <= 1:
-                problems.append(f"threshold ewma_alpha {threshold.ewma_alpha} must be in (0, 1]")
-
+        threshold = _threshold(data["threshold"], problems)
         sha = data["model_sha256"]
         if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{64}", sha):
             problems.append("model_sha256 must be 64 lowercase hex characters")
@@ -247,7 +180,6 @@ class Manifest:
                 problems.append(f"{key} must be a JSON object")
         if problems:
             raise BundleError(where, problems)
-        extra = {k: v for k, v in data.items() if k not in known}
         return cls(
             format_version=fv,
             name=data["name"],
@@ -267,8 +199,87 @@ class Manifest:
             evaluation=dict(data["evaluation"]),
             model_sha256=sha,
             producer={str(k): str(v) for k, v in data["producer"].items()},
-            extra=extra,
+            extra={k: v for k, v in data.items() if k not in known},
         )
+
+
+def _check_identity(
+    data: dict[str, Any], fv: str, expect: tuple[str, str] | None, problems: list[str]
+) -> None:
+    """Format version this reader knows; name and version well-formed and matching the path."""
+    m = re.fullmatch(r"(\d+)\.(\d+)", fv)
+    if m is None:
+        problems.append(f"format_version {fv!r} is not '<major>.<minor>'")
+    elif int(m.group(1)) != SUPPORTED_MAJOR:
+        problems.append(
+            f"format_version {fv!r} has major {m.group(1)}; this reader knows {SUPPORTED_MAJOR}"
+        )
+    for key in ("name", "version"):
+        if not isinstance(data[key], str) or not _NAME_RE.match(data[key]):
+            problems.append(f"{key} {data[key]!r} must match {_NAME_RE.pattern}")
+    if expect is not None:
+        for key, wanted in zip(("name", "version"), expect, strict=True):
+            if data[key] != wanted:
+                problems.append(
+                    f"manifest {key} {data[key]!r} does not match the path "
+                    f"{expect[0]}/{expect[1]} (a bundle must sit in <name>/<version>/)"
+                )
+
+
+def _channels(raw: Any, problems: list[str]) -> list[Channel]:
+    channels: list[Channel] = []
+    if not isinstance(raw, list) or not raw:
+        problems.append("channels must be a non-empty list")
+        raw = []
+    for i, ch in enumerate(raw):
+        try:
+            c = Channel(str(ch["name"]), str(ch["unit"]), float(ch["center"]), float(ch["scale"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            problems.append(f"channels[{i}] needs name, unit, center, scale ({exc!r})")
+            continue
+        if not (np.isfinite(c.scale) and c.scale > 0 and np.isfinite(c.center)):
+            problems.append(f"channels[{i}] ({c.name}) needs finite center and scale > 0")
+        channels.append(c)
+    names = [c.name for c in channels]
+    if len(set(names)) != len(names):
+        problems.append(f"channel names are not unique: {names}")
+    return channels
+
+
+class _Numbers:
+    """Numeric manifest fields: converted, range-checked, problems collected."""
+
+    def __init__(self, data: dict[str, Any], problems: list[str]) -> None:
+        self._data = data
+        self._problems = problems
+
+    def get(self, key: str, kind: type, minimum: float) -> Any:
+        try:
+            value = kind(self._data[key])
+        except (TypeError, ValueError):
+            self._problems.append(f"{key} {self._data[key]!r} is not a {kind.__name__}")
+            return kind(minimum)
+        if not value >= minimum:
+            self._problems.append(f"{key} {value!r} must be >= {minimum}")
+        return value
+
+
+def _threshold(thr: Any, problems: list[str]) -> ThresholdSpec:
+    try:
+        threshold = ThresholdSpec(
+            float(thr["on"]),
+            float(thr["off"]),
+            float(thr["ewma_alpha"]),
+            float(thr["target_false_alarm_rate"]),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        problems.append(f"threshold needs on, off, ewma_alpha, target_false_alarm_rate ({exc!r})")
+        return ThresholdSpec(0.0, 0.0, 1.0, 0.0)
+    if not threshold.off <= threshold.on:
+        problems.append(f"threshold off {threshold.off} must be <= on {threshold.on}")
+    if not 0 < threshold.ewma_alpha <= 1:
+        problems.append(f"threshold ewma_alpha {threshold.ewma_alpha} must be in (0, 1]")
+    return threshold
 
 
 @dataclass(frozen=True)

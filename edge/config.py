@@ -229,6 +229,7 @@ def load_config(
     return config
 
 
+# size: one range or consistency check per config field, a flat list with no logic to split
 def _check(c: AgentConfig) -> list[str]:
     """Range and consistency checks, each naming the field and the fix."""
     p: list[str] = []

@@ -24,7 +24,16 @@ from edge.errors import BundleError, ConfigError, EdgeError, TransportError
 from edge.logs import LOG_FORMATS, configure_logging
 
 if TYPE_CHECKING:
+    from edge.agent import Agent
+    from edge.forward import Forwarder
+    from edge.kafka_out import KafkaSink
+    from edge.metrics import AgentMetrics
+    from edge.mqtt_source import MqttSource
+    from edge.ports import Clock
+    from edge.reload import BundleWatcher
     from edge.service import ServiceControl
+    from edge.spool import Spool
+    from edge.webhook import WebhookNotifier
 
 __all__ = ["build_parser", "main", "setup_logging"]
 
@@ -172,32 +181,11 @@ def _check(config: AgentConfig) -> int:
     return 0
 
 
-def _run(config: AgentConfig, control: ServiceControl) -> int:
-    from prometheus_client import CollectorRegistry
-
-    from edge.agent import Agent
-    from edge.decode import TopicTemplate
-    from edge.forward import Forwarder
-    from edge.kafka_out import KafkaSink
-    from edge.metrics import AgentMetrics, MetricsServer
-    from edge.mqtt_source import MqttSource
-    from edge.ports import SystemClock
-    from edge.reload import BundleWatcher, bundle_loader, rollback_guard
-    from edge.rollback import STATE_FILE
+def _open_spool(config: AgentConfig) -> Spool:
     from edge.spool import Spool
 
-    clock = SystemClock()
-    registry = CollectorRegistry()
-    metrics = AgentMetrics(registry)
-    watcher = BundleWatcher(
-        config.bundles.root,
-        [r.bundle for r in config.devices],
-        loader=bundle_loader(config.bundles.trusted_keys, config.inference.intra_op_threads),
-        guard=rollback_guard(config.bundles.trusted_keys, Path(config.state_dir) / STATE_FILE),
-    )
-    watcher.load_initial()  # falls back to the newest usable version; raises only if none
     Path(config.state_dir).mkdir(parents=True, exist_ok=True)
-    spool = Spool(
+    return Spool(
         config.spool_path,
         max_records=config.spool.max_records,
         max_bytes=config.spool.max_bytes,
@@ -205,26 +193,51 @@ def _run(config: AgentConfig, control: ServiceControl) -> int:
         synchronous=config.spool.synchronous,
         min_free_bytes=config.spool.min_free_bytes,
     )
-    sink = KafkaSink(config.kafka, config.client_id)
+
+
+def _open_bundles(config: AgentConfig) -> BundleWatcher:
+    from edge.reload import BundleWatcher, bundle_loader, rollback_guard
+    from edge.rollback import STATE_FILE
+
+    watcher = BundleWatcher(
+        config.bundles.root,
+        [r.bundle for r in config.devices],
+        loader=bundle_loader(config.bundles.trusted_keys, config.inference.intra_op_threads),
+        guard=rollback_guard(config.bundles.trusted_keys, Path(config.state_dir) / STATE_FILE),
+    )
+    watcher.load_initial()  # falls back to the newest usable version; raises only if none
+    return watcher
+
+
+def _forwarder(
+    config: AgentConfig, spool: Spool, sink: KafkaSink, clock: Clock, metrics: AgentMetrics
+) -> Forwarder:
+    from edge.forward import Forwarder
 
     def acked(count: int, newest_created_ms: int) -> None:
         metrics.kafka_acked.inc(count)
         metrics.delivery_lag.observe(max(0, clock.now_ms() - newest_created_ms) / 1000.0)
 
-    forwarder = Forwarder(
+    k = config.kafka
+    return Forwarder(
         spool,
         sink,
         clock,
-        max_in_flight=config.kafka.max_in_flight_records,
-        rate=config.kafka.drain_rate,
-        stall_timeout_s=(config.kafka.delivery_timeout_ms + config.kafka.request_timeout_ms) / 1000
-        + 10.0,
+        max_in_flight=k.max_in_flight_records,
+        rate=k.drain_rate,
+        stall_timeout_s=(k.delivery_timeout_ms + k.request_timeout_ms) / 1000 + 10.0,
         on_acked=acked,
         on_error=lambda kind: metrics.kafka_errors.labels(kind).inc(),
     )
+
+
+def _mqtt_source(config: AgentConfig, clock: Clock, metrics: AgentMetrics) -> MqttSource:
+    from edge.decode import TopicTemplate
+    from edge.mqtt_source import MqttSource
+
     filters = [TopicTemplate(t).filter for t in config.mqtt.topics]
     extra = [config.mqtt.announce_topic] if config.mqtt.announce_topic else []
-    source = MqttSource(
+    return MqttSource(
         config.mqtt,
         config.client_id,
         filters,
@@ -232,17 +245,41 @@ def _run(config: AgentConfig, control: ServiceControl) -> int:
         extra_filters=extra,
         on_reconnect=metrics.mqtt_reconnects.inc,
     )
-    notifier = None
-    if config.alerts.url:
-        from edge.webhook import WebhookNotifier, describe
 
-        notifier = WebhookNotifier(
-            config.alerts,
-            env=os.environ,
-            on_outcome=lambda outcome, n: metrics.alerts.labels(outcome).inc(n),
-        )
-        notifier.start()
-        log.info("webhook.enabled", extra=describe(config.alerts))
+
+def _notifier(config: AgentConfig, metrics: AgentMetrics) -> WebhookNotifier | None:
+    if not config.alerts.url:
+        return None
+    from edge.webhook import WebhookNotifier, describe
+
+    notifier = WebhookNotifier(
+        config.alerts,
+        env=os.environ,
+        on_outcome=lambda outcome, n: metrics.alerts.labels(outcome).inc(n),
+    )
+    notifier.start()
+    log.info("webhook.enabled", extra=describe(config.alerts))
+    return notifier
+
+
+def _run(config: AgentConfig, control: ServiceControl) -> int:
+    """Build the adapters and the agent, run until stopped, close everything in order."""
+    from prometheus_client import CollectorRegistry
+
+    from edge.agent import Agent
+    from edge.kafka_out import KafkaSink
+    from edge.metrics import AgentMetrics, MetricsServer
+    from edge.ports import SystemClock
+
+    clock = SystemClock()
+    registry = CollectorRegistry()
+    metrics = AgentMetrics(registry)
+    watcher = _open_bundles(config)
+    spool = _open_spool(config)
+    sink = KafkaSink(config.kafka, config.client_id)
+    forwarder = _forwarder(config, spool, sink, clock, metrics)
+    source = _mqtt_source(config, clock, metrics)
+    notifier = _notifier(config, metrics)
     agent = Agent(
         config,
         source=source,
@@ -257,8 +294,6 @@ def _run(config: AgentConfig, control: ServiceControl) -> int:
     if config.metrics.port:
         server = MetricsServer(registry, config.metrics.host, config.metrics.port, agent.health)
         server.start()
-
-    stop = control.stop
     forward_stop = threading.Event()
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1: dump every stack
     thread = threading.Thread(
@@ -268,28 +303,8 @@ def _run(config: AgentConfig, control: ServiceControl) -> int:
         daemon=True,
     )
     thread.start()
-    log.info(
-        "agent.starting",
-        extra={
-            "client_id": config.client_id,
-            "spool": str(config.spool_path),
-            "models": ",".join(f"{n}/{b.manifest.version}" for n, b in watcher.current.items()),
-        },
-    )
-    code = 0
     try:
-        agent.recover()
-        source.start()
-        alive_s = 30.0
-
-        def alive() -> bool:
-            return clock.monotonic() - agent.heartbeat < alive_s
-
-        control.started(alive, status=f"mqtt {config.mqtt.host}:{config.mqtt.port}")
-        agent.run(stop)
-    except TransportError as exc:
-        log.error("agent.transport_failed", extra={"error": str(exc)})
-        code = 1
+        return _serve(config, control, agent=agent, source=source, watcher=watcher, clock=clock)
     finally:
         control.stopping()
         forward_stop.set()
@@ -300,4 +315,37 @@ def _run(config: AgentConfig, control: ServiceControl) -> int:
             notifier.stop(config.alerts.timeout_s)
         if server is not None:
             server.stop()
-    return code
+
+
+def _serve(
+    config: AgentConfig,
+    control: ServiceControl,
+    *,
+    agent: Agent,
+    source: MqttSource,
+    watcher: BundleWatcher,
+    clock: Clock,
+) -> int:
+    """Recover the journal, connect, tell the supervisor, run the loop; 1 if MQTT gave up."""
+    log.info(
+        "agent.starting",
+        extra={
+            "client_id": config.client_id,
+            "spool": str(config.spool_path),
+            "models": ",".join(f"{n}/{b.manifest.version}" for n, b in watcher.current.items()),
+        },
+    )
+    try:
+        agent.recover()
+        source.start()
+        alive_s = 30.0
+
+        def alive() -> bool:
+            return clock.monotonic() - agent.heartbeat < alive_s
+
+        control.started(alive, status=f"mqtt {config.mqtt.host}:{config.mqtt.port}")
+        agent.run(control.stop)
+    except TransportError as exc:
+        log.error("agent.transport_failed", extra={"error": str(exc)})
+        return 1
+    return 0

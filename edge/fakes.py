@@ -3,8 +3,10 @@
 They implement the same protocols as the real adapters and behave like them where it matters
 (:class:`CenterModel` is a :class:`edge.scorer.ModelLike` whose output is known):
 :class:`FakeSink` keeps records with their headers, can be "down" (sends raise
-TransportError), can fail deliveries, and answers :meth:`FakeSink.find_sent` from what it
-holds, like a broker would.
+TransportError), can fail deliveries, refuses records over a size limit as kafka-python and
+the broker do (:class:`~edge.errors.DeliveryRefused` from ``send`` over ``max_record_bytes``,
+in the delivery callback over ``broker_max_bytes``), and answers :meth:`FakeSink.find_sent`
+from what it holds, like a broker would.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edge.bundle import Manifest
-from edge.errors import TransportError
+from edge.errors import DeliveryRefused, TransportError
 from edge.ports import DeliveryCallback, InMessage
 
 __all__ = ["CenterModel", "FakeClock", "FakeSink", "FakeSource", "SentRecord"]
@@ -111,6 +113,9 @@ class FakeSink:
     closed: bool = False
     stuck: bool = False  # deliveries never complete (a wedged producer)
     abandoned: int = 0
+    max_record_bytes: int = 0  # > 0: bigger records are refused by send (producer-side check)
+    broker_max_bytes: int = 0  # > 0: bigger records fail their delivery as refused (broker)
+    refused: int = 0
 
     def send(
         self,
@@ -122,10 +127,17 @@ class FakeSink:
     ) -> None:
         if self.down:
             raise TransportError("fake broker is down")
+        size = len(value) + len(key or b"")
+        if 0 < self.max_record_bytes < size:
+            self.refused += 1
+            raise DeliveryRefused("too_large", f"{size} bytes > max_request_size")
         rec = SentRecord(topic, key, value, list(headers), self.clock.now_ms())
         error: BaseException | None = None
         keep: SentRecord | None = rec
-        if self.fail_deliveries > 0:
+        if 0 < self.broker_max_bytes < size:
+            self.refused += 1
+            error, keep = DeliveryRefused("too_large", f"{size} bytes > message.max.bytes"), None
+        elif self.fail_deliveries > 0:
             self.fail_deliveries -= 1
             error, keep = TransportError("delivery failed"), None
         elif self.ghost_deliveries > 0:

@@ -253,6 +253,7 @@ def _run(config: AgentConfig, control: ServiceControl) -> int:
         + 10.0,
         on_acked=acked,
         on_error=lambda kind: metrics.kafka_errors.labels(kind).inc(),
+        on_quarantined=lambda reason, n: metrics.kafka_quarantined.labels(reason).inc(n),
     )
     filters = [TopicTemplate(t).filter for t in config.mqtt.topics]
     extra = [config.mqtt.announce_topic] if config.mqtt.announce_topic else []

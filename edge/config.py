@@ -111,6 +111,7 @@ class KafkaConfig:
         20000.0  # records per second leaving the spool (backlog drains at this pace)
     )
     deadletter_raw_max_bytes: int = 16384  # a dead letter keeps at most this much of its payload
+    max_request_bytes: int = 1048576  # the producer refuses bigger records itself (quarantined)
     stuck_after_s: float = 120.0  # records waiting this long with no ack: /healthz unhealthy
 
 
@@ -392,9 +393,15 @@ def _check(c: AgentConfig) -> list[str]:
             f"kafka.{name} {topic!r}: a Kafka topic is 1-249 of a-z A-Z 0-9 . _ -",
         )
     need(
-        0 <= c.kafka.deadletter_raw_max_bytes <= 512 * 1024,
+        0 <= c.kafka.deadletter_raw_max_bytes <= 128 * 1024,
         f"kafka.deadletter_raw_max_bytes {c.kafka.deadletter_raw_max_bytes} must be in "
-        "0..524288 (a dead letter must stay well below Kafka's 1 MiB record limit)",
+        "0..131072 (JSON escapes can make a dead letter 6 times that: it must stay below "
+        "Kafka's 1 MiB record limit)",
+    )
+    need(
+        c.kafka.max_request_bytes >= 1024,
+        f"kafka.max_request_bytes {c.kafka.max_request_bytes} must be >= 1024; keep it at or "
+        "below the broker's message.max.bytes (1048588 by default)",
     )
     need(
         c.kafka.stuck_after_s > 0,

@@ -5,8 +5,9 @@ They implement the same protocols as the real adapters and behave like them wher
 :class:`FakeSink` keeps records with their headers, can be "down" (sends raise
 TransportError), can fail deliveries, refuses records over a size limit as kafka-python and
 the broker do (:class:`~edge.errors.DeliveryRefused` from ``send`` over ``max_record_bytes``,
-in the delivery callback over ``broker_max_bytes``), and answers :meth:`FakeSink.find_sent`
-from what it holds, like a broker would.
+in the delivery callback over ``broker_max_bytes``; after such a callback refusal every later
+delivery fails the same way until :meth:`FakeSink.abandon`, as kafka-python's idempotent
+producer does), and answers :meth:`FakeSink.find_sent` from what it holds, like a broker would.
 """
 
 from __future__ import annotations
@@ -116,6 +117,7 @@ class FakeSink:
     max_record_bytes: int = 0  # > 0: bigger records are refused by send (producer-side check)
     broker_max_bytes: int = 0  # > 0: bigger records fail their delivery as refused (broker)
     refused: int = 0
+    _fatal: BaseException | None = None  # the producer's fatal error (until abandoned)
 
     def send(
         self,
@@ -134,9 +136,12 @@ class FakeSink:
         rec = SentRecord(topic, key, value, list(headers), self.clock.now_ms())
         error: BaseException | None = None
         keep: SentRecord | None = rec
-        if 0 < self.broker_max_bytes < size:
+        if self._fatal is not None:
+            error, keep = self._fatal, None
+        elif 0 < self.broker_max_bytes < size:
             self.refused += 1
             error, keep = DeliveryRefused("too_large", f"{size} bytes > message.max.bytes"), None
+            self._fatal = error
         elif self.fail_deliveries > 0:
             self.fail_deliveries -= 1
             error, keep = TransportError("delivery failed"), None
@@ -163,6 +168,7 @@ class FakeSink:
     def abandon(self) -> None:
         """Pending deliveries are dropped (never reported), as a closed producer would."""
         self._waiting = []
+        self._fatal = None
         self.abandoned += 1
 
     def find_sent(

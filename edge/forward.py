@@ -21,6 +21,15 @@ the spool's ``quarantine`` table (kept, never resent), is counted (``on_quaranti
 logged once (``forward.quarantined``), and the records behind it go on. Retrying it would
 block every record behind it forever, across restarts.
 
+A refusal raised by ``send`` itself (the producer's own size check) is certain: the record
+never left. A refusal reported by a delivery callback (the broker's limit) is not: kafka-python's
+idempotent producer turns such an error fatal and fails every batch after it with the same
+error. So those records become *suspects*: the producer is dropped (a new one starts clean),
+the sent records are reconciled, and each suspect is then sent **alone** (nothing else in
+flight) on the fresh producer. Refused alone, it is quarantined and the producer dropped
+again; acknowledged, it was collateral and delivery goes on. Good records are never
+quarantined for sharing a producer with a bad one.
+
 Stuck delivery. :meth:`Forwarder.stuck_s` is how long records have been waiting without any
 of them being acknowledged or quarantined (0 while the spool is empty); the agent's health
 turns unhealthy past ``kafka.stuck_after_s``.
@@ -36,7 +45,7 @@ from dataclasses import dataclass
 
 from edge.errors import DeliveryRefused, EdgeError, SpoolDiskFull, TransportError
 from edge.ports import Clock, RecordSink
-from edge.spool import OutboxReader, Spool
+from edge.spool import OutboxReader, Spool, SpooledRecord
 
 __all__ = ["SPOOL_HEADER", "ForwardStats", "Forwarder"]
 
@@ -89,6 +98,8 @@ class Forwarder:
             queue.SimpleQueue()
         )
         self._in_flight: set[int] = set()
+        self._suspects: set[int] = set()  # refused in a callback: to be sent alone once more
+        self._probe: int | None = None  # the suspect in flight alone, if any
         self._cursor = 0
         self._needs_reconcile = True  # at start: the previous run may have left sent records
         self._tokens = float(min(rate, _BATCH))
@@ -200,6 +211,7 @@ class Forwarder:
     def _settle(self) -> bool:
         acked: list[int] = []
         refused: list[tuple[int, DeliveryRefused]] = []
+        suspects: list[int] = []
         newest_created = 0
         failed = 0
         while True:
@@ -214,7 +226,10 @@ class Forwarder:
                 acked.append(rid)
                 newest_created = max(newest_created, created_ms)
             elif isinstance(error, DeliveryRefused):
-                refused.append((rid, error))
+                if rid == self._probe:
+                    refused.append((rid, error))  # refused alone, on a fresh producer: certain
+                else:
+                    suspects.append(rid)
             else:
                 failed += 1
                 if not self._needs_reconcile:
@@ -233,13 +248,24 @@ class Forwarder:
                 self._on_acked(len(acked), newest_created)
         if acked:
             self._progress_at = self._clock.monotonic()
+            self._suspects.difference_update(acked)
+        if self._probe is not None and self._probe not in self._in_flight:
+            self._probe = None  # its result is in (ack, refusal or failure)
         if refused:
             self._quarantine(refused)
+        if suspects:
+            self._suspects.update(suspects)
+            log.warning(
+                "forward.refused_in_flight",
+                extra={"records": len(suspects), "first_id": min(suspects)},
+            )
+        if refused or suspects:
+            self._restart_producer()  # its state is fatal now: every later batch would fail
         if failed:
             self.failed += failed
             if self._on_error is not None:
                 self._on_error("delivery")
-        return bool(acked or failed or refused)
+        return bool(acked or failed or refused or suspects)
 
     def _quarantine(self, refused: list[tuple[int, DeliveryRefused]]) -> None:
         """Move records Kafka refused for good out of the way: kept, counted, logged once."""
@@ -256,6 +282,7 @@ class Forwarder:
             return
         self.quarantined += moved
         self._progress_at = self._clock.monotonic()
+        self._suspects.difference_update(rid for rid, _ in refused)
         by_reason: dict[str, int] = {}
         for rid, why in refused:
             by_reason[why.reason] = by_reason.get(why.reason, 0) + 1
@@ -295,11 +322,15 @@ class Forwarder:
             self._tokens = min(cap, self._tokens + (now - self._last_refill) * self._rate)
         self._last_refill = now
         room = min(self._max_in_flight - len(self._in_flight), int(self._tokens), _BATCH)
-        if room <= 0:
-            return False
+        if room <= 0 or self._probe is not None:
+            return False  # a suspect is alone in flight until its result is known
         batch = self._reader.batch(self._cursor, room)
         if not batch:
             return False
+        if self._suspects:
+            batch = self._cut_at_suspect(batch)
+            if not batch:
+                return False
         try:
             self._reader.mark_sent(batch[0].id, batch[-1].id, self._clock.now_ms())
         except SpoolDiskFull as exc:
@@ -317,8 +348,11 @@ class Forwarder:
                 refused.append((rec.id, exc))
                 self._cursor = rec.id
                 self._tokens -= 1
+                if rec.id == self._probe:
+                    self._probe = None
                 continue
             except TransportError as exc:
+                self._probe = None
                 if refused:
                     self._quarantine(refused)
                 self._needs_reconcile = True
@@ -330,6 +364,27 @@ class Forwarder:
         if refused:
             self._quarantine(refused)
         return True
+
+    def _cut_at_suspect(self, batch: list[SpooledRecord]) -> list[SpooledRecord]:
+        """The records before the first suspect; or the suspect alone, once nothing is in flight."""
+        for i, rec in enumerate(batch):
+            if rec.id in self._suspects:
+                if i > 0:
+                    return batch[:i]
+                if self._in_flight:
+                    return []
+                self._probe = rec.id
+                log.info("forward.probing", extra={"id": rec.id, "suspects": len(self._suspects)})
+                return batch[:1]
+        return batch
+
+    def _restart_producer(self) -> None:
+        """Drop the producer (pending deliveries are forgotten) and reconcile before resending."""
+        self._sink.abandon()
+        self._generation += 1
+        self._in_flight.clear()
+        self._probe = None
+        self._needs_reconcile = True
 
     def _callback(self, rid: int, created_ms: int) -> Callable[[BaseException | None], None]:
         generation = self._generation
@@ -347,10 +402,7 @@ class Forwarder:
         log.warning(
             "forward.stalled", extra={"in_flight": len(self._in_flight), "stalled_s": stalled_s}
         )
-        self._sink.abandon()
-        self._generation += 1
-        self._in_flight.clear()
-        self._needs_reconcile = True
+        self._restart_producer()
         self._last_progress = now
         if self._on_error is not None:
             self._on_error("stalled")

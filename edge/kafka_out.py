@@ -153,6 +153,7 @@ class KafkaSink:
                 batch_size=c.batch_size,
                 compression_type=None if c.compression == "none" else c.compression,
                 delivery_timeout_ms=c.delivery_timeout_ms,
+                max_request_size=c.max_request_bytes,
                 max_block_ms=c.max_block_ms,
                 bootstrap_timeout_ms=max(c.max_block_ms, 1000),
             )

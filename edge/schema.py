@@ -18,7 +18,8 @@ it is not UTF-8), where it came from, and a stable ``reason``. The payload kept 
 ``max_raw_bytes`` (:data:`DEADLETTER_RAW_MAX_BYTES`, 16 KiB, by default) long, cut at a
 character boundary; ``raw_len`` and ``raw_sha256`` always describe the *whole* payload, and
 ``raw_truncated`` says whether ``raw`` is only its beginning. So a dead letter stays far below
-Kafka's record limit, whatever arrived::
+Kafka's record limit, whatever arrived (JSON escapes write a kept byte as at most 6, base64 as
+4/3)::
 
     {"schema": 1, "reason": "oversized", "detail": "1500000 bytes > 65536",
      "source": "mqtt:sensors/lab/pump-3", "component": "agent", "received_ms": 1700000000020,

@@ -369,7 +369,7 @@ def test_a_record_kafka_refuses_is_quarantined_counted_and_never_blocks_the_tick
     h = agent_harness(
         tmp_path,
         tmp_path / "bundles",
-        "kafka.deadletter_raw_max_bytes=524288",  # letters big enough for this broker to refuse
+        "kafka.deadletter_raw_max_bytes=131072",  # letters big enough for this broker to refuse
         clock=sink.clock,
         sink=sink,
     )

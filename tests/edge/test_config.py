@@ -158,7 +158,7 @@ def test_kafka_topics_dead_letter_size_and_stuck_bound_are_checked(tmp_path: Pat
         load_config(write(tmp_path, text), env={})
     msg = str(err.value)
     assert "kafka.scored_topic 'bad topic!': a Kafka topic is 1-249 of" in msg
-    assert "kafka.deadletter_raw_max_bytes 2000000 must be in 0..524288" in msg
+    assert "kafka.deadletter_raw_max_bytes 2000000 must be in 0..131072" in msg
     assert "kafka.stuck_after_s 0.0 must be > 0 seconds" in msg
     config = load_config(write(tmp_path, MINIMAL), env={})
     assert (config.kafka.deadletter_raw_max_bytes, config.kafka.stuck_after_s) == (16384, 120.0)

@@ -305,6 +305,7 @@ class Forwarder:
             ids = {int(v[len(prefix) :]) for v in found if v[len(prefix) :].isdigit()}
             already = [i for i, _ in sent if i in ids]
             removed = self._reader.ack(already)
+            self._suspects.difference_update(already)  # it did arrive: no longer a suspect
             self.reconciled += removed
             self._reader.clear_sent()
             log.info(

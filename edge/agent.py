@@ -40,7 +40,7 @@ from edge.microbatch import MicroBatch, Prepared
 from edge.ports import Clock, InMessage, MessageSource
 from edge.records import encode_scored
 from edge.reload import BundleWatcher, ReloadEvent, topic_matches
-from edge.schema import DeadLetter
+from edge.schema import DeadLetter, unencodable
 from edge.scorer import TickOutput
 from edge.spool import OutRecord, Spool
 
@@ -53,6 +53,11 @@ _GATHER_S = 0.002
 _ADVANCE_EVERY_MS = 100
 _STATS_EVERY_S = 1.0
 _BAD_LOG_EVERY_S = 10.0
+
+
+def _writable(text: str) -> str:
+    """``text`` with anything UTF-8 cannot carry (lone surrogates) spelled as escapes."""
+    return text if text.isascii() else text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class Agent:
@@ -161,6 +166,8 @@ class Agent:
             time.sleep(timeout)
         if self._pending and mono >= self._disk_retry_at:
             msgs, self._pending = self._pending + msgs, []
+        if msgs and not all(m.topic.isascii() for m in msgs):
+            msgs = self._refuse_bad_topics(msgs)
         if msgs:
             try:
                 ids = self._spool.journal([(m.topic, m.payload, m.received_ms) for m in msgs])
@@ -217,6 +224,8 @@ class Agent:
     def health(self) -> tuple[bool, dict[str, Any]]:
         alive = self._clock.monotonic() - self.heartbeat < 30.0
         stats = self._forwarder.stats
+        stuck_s = self._forwarder.stuck_s()
+        stuck = stuck_s > self.config.kafka.stuck_after_s
         detail = {
             "loop_alive": alive,
             "mqtt_connected": self._source.connected,
@@ -228,11 +237,35 @@ class Agent:
             "model_fallbacks": dict(self._watcher.fallbacks),  # model -> why CURRENT was refused
             "kafka_in_flight": stats.in_flight,
             "kafka_acked": stats.acked,
+            "kafka_quarantined": stats.quarantined,
+            "kafka_stuck_s": round(stuck_s, 1),
+            "delivery_stuck": stuck,
         }
         detail["forwarder_alive"] = self._forwarder.error is None
-        return alive and bool(self._watcher.current) and self._forwarder.error is None, detail
+        ok = alive and bool(self._watcher.current) and self._forwarder.error is None
+        return ok and not stuck, detail
 
     # -- messages --------------------------------------------------------------------------
+
+    def _refuse_bad_topics(self, msgs: list[InMessage]) -> list[InMessage]:
+        """Dead-letter (``bad_name``) and acknowledge messages whose topic is not UTF-8.
+
+        Such a topic (a lone surrogate; Mosquitto refuses them, a test double or another
+        source may not) cannot even be journaled, so its dead letter is spooled without a
+        journal row: a crash right after the ack loses that one dead letter, nothing else.
+        """
+        good: list[InMessage] = []
+        bad: list[InMessage] = []
+        for m in msgs:
+            (bad if unencodable(m.topic) else good).append(m)
+        for m in bad:
+            detail = f"topic {_writable(m.topic)!r} is not encodable as UTF-8"
+            self._dead_letter("bad_name", detail, m.topic, m.payload, m.received_ms)
+        if bad:
+            self._source.ack(bad)
+            if self._metrics:
+                self._metrics.messages_in.inc(len(bad))
+        return good
 
     def _handle(
         self,
@@ -364,11 +397,21 @@ class Agent:
     def _dead_letter(
         self, reason: str, detail: str, topic: str, payload: bytes, received_ms: int
     ) -> None:
-        letter = DeadLetter(reason, detail, f"mqtt:{topic}", payload, received_ms)
+        detail = _writable(detail)
+        letter = DeadLetter.capture(
+            reason,
+            detail,
+            f"mqtt:{topic}",
+            payload,
+            received_ms,
+            max_raw_bytes=self.config.kafka.deadletter_raw_max_bytes,
+        )
         self._out.append(
             OutRecord(
                 self.config.kafka.deadletter_topic,
-                topic.encode(),
+                # a topic that is not UTF-8 (a lone surrogate) is dead-lettered as bad_name:
+                # its key must still be writable
+                topic.encode("utf-8", "backslashreplace"),
                 letter.encode(),
                 self._clock.now_ms(),
             )
@@ -383,7 +426,7 @@ class Agent:
                 "agent.bad_input",
                 extra={
                     "reason": reason,
-                    "topic": topic,
+                    "topic": _writable(topic),
                     "detail": detail[:200],
                     "suppressed": suppressed,
                 },
@@ -449,6 +492,7 @@ class Agent:
                 else (self._clock.now_ms() - stats.oldest_created_ms) / 1000
             )
             m.spool_age.set(max(0.0, age))
+            m.kafka_stuck.set(self._forwarder.stuck_s())
             m.mqtt_connected.set(1 if self._source.connected else 0)
             offline = sum(1 for d in self._devices if d.aligner.offline)
             m.devices.labels("online").set(len(self._devices) - offline)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -45,6 +46,8 @@ __all__ = [
     "TlsConfig",
     "load_config",
 ]
+
+_KAFKA_TOPIC = re.compile(r"[a-zA-Z0-9._-]{1,249}")
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,9 @@ class KafkaConfig:
     drain_rate: float = (
         20000.0  # records per second leaving the spool (backlog drains at this pace)
     )
+    deadletter_raw_max_bytes: int = 16384  # a dead letter keeps at most this much of its payload
+    max_request_bytes: int = 1048576  # the producer refuses bigger records itself (quarantined)
+    stuck_after_s: float = 120.0  # records waiting this long with no ack: /healthz unhealthy
 
 
 @dataclass(frozen=True)
@@ -284,6 +290,27 @@ def _check(c: AgentConfig) -> list[str]:
         f"kafka.compression {c.kafka.compression!r}: use none, gzip, lz4, zstd or snappy",
     )
     need(c.kafka.max_in_flight_records >= 1, "kafka.max_in_flight_records must be >= 1")
+    for name in ("scored_topic", "deadletter_topic"):
+        topic = getattr(c.kafka, name)
+        need(
+            not topic or (_KAFKA_TOPIC.fullmatch(topic) is not None and topic not in {".", ".."}),
+            f"kafka.{name} {topic!r}: a Kafka topic is 1-249 of a-z A-Z 0-9 . _ -",
+        )
+    need(
+        0 <= c.kafka.deadletter_raw_max_bytes <= 128 * 1024,
+        f"kafka.deadletter_raw_max_bytes {c.kafka.deadletter_raw_max_bytes} must be in "
+        "0..131072 (JSON escapes can make a dead letter 6 times that: it must stay below "
+        "Kafka's 1 MiB record limit)",
+    )
+    need(
+        c.kafka.max_request_bytes >= 1024,
+        f"kafka.max_request_bytes {c.kafka.max_request_bytes} must be >= 1024; keep it at or "
+        "below the broker's message.max.bytes (1048588 by default)",
+    )
+    need(
+        c.kafka.stuck_after_s > 0,
+        f"kafka.stuck_after_s {c.kafka.stuck_after_s} must be > 0 seconds",
+    )
     need(c.kafka.drain_rate > 0, f"kafka.drain_rate {c.kafka.drain_rate} must be > 0 records/s")
     need(
         c.kafka.delivery_timeout_ms >= c.kafka.request_timeout_ms + c.kafka.linger_ms,

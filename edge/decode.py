@@ -15,8 +15,13 @@ values plus ``rejected`` ``(channel, reason)`` pairs, so the caller can dead-let
 payload without losing the rest. Reasons:
 
 ``unknown_topic``, ``oversized``, ``not_utf8``, ``not_json``, ``bad_shape``, ``bad_ts``,
-``ts_future``, ``ts_past``, ``bad_value``, ``non_finite`` (and, decided by the caller,
-``unknown_device``, ``unknown_channel``, ``too_late``).
+``ts_future``, ``ts_past``, ``bad_value``, ``non_finite``, ``bad_name`` (and, decided by the
+caller, ``unknown_device``, ``unknown_channel``, ``too_late``).
+
+``bad_name``: a topic, or a channel name in the payload, that is not encodable as UTF-8. JSON
+can spell a lone surrogate (``"pump-\\ud800"``) and Python's json reader accepts it, but no
+Kafka key, record or line protocol can carry it; a channel so named is rejected on its own
+(the rest of the payload is used), a topic so named rejects the message.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from datetime import datetime
 from typing import Any
 
 from edge.errors import PayloadError
+from edge.schema import unencodable
 
 try:  # orjson parses a payload several times faster; json (the reference) is the fallback
     import orjson
@@ -154,15 +160,16 @@ def _number(channel: str, raw: object, rejected: list[tuple[str, str]]) -> float
     return v
 
 
-def _loads(payload: bytes) -> Any:
-    """JSON of a payload; orjson first, and where it refuses, the json module decides.
+def _loads(payload: bytes) -> tuple[Any, bool]:
+    """JSON of a payload, and whether its strings may hold lone surrogates.
 
-    orjson is strict where json is lenient (NaN/Infinity literals, lone surrogates, integers
-    beyond 64 bits); whatever orjson accepts, json reads the same way.
+    orjson first, and where it refuses, the json module decides. orjson is strict where json
+    is lenient (NaN/Infinity literals, lone surrogates, integers beyond 64 bits); whatever
+    orjson accepts, json reads the same way, and its strings are always valid UTF-8.
     """
     if _fast_loads is not None:
         try:
-            return _fast_loads(payload)
+            return _fast_loads(payload), False
         except _FastError:
             pass
     try:
@@ -170,9 +177,18 @@ def _loads(payload: bytes) -> Any:
     except UnicodeDecodeError as exc:
         raise PayloadError("not_utf8", str(exc)) from exc
     try:
-        return json.loads(text, parse_constant=_nan_constant)
+        return json.loads(text, parse_constant=_nan_constant), True
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, too long ints, deep nesting
         raise PayloadError("not_json", str(exc)[:200]) from exc
+
+
+def _drop_bad_names(values: dict[str, Any], rejected: list[tuple[str, str]]) -> dict[str, Any]:
+    """``values`` without channels whose names are not UTF-8, each noted as ``bad_name``."""
+    bad = [c for c in values if unencodable(c)]
+    if not bad:
+        return values
+    rejected.extend((c, "bad_name") for c in bad)
+    return {c: v for c, v in values.items() if c not in bad}
 
 
 def _check_time(ts_ms: int, received_ms: int, limits: Limits) -> None:
@@ -204,9 +220,11 @@ def decode_message(
             break
     if fields is None or template is None:
         raise PayloadError("unknown_topic", f"topic {topic!r} matches no template")
+    if not topic.isascii() and unencodable(topic):
+        raise PayloadError("bad_name", f"topic {topic!r} is not encodable as UTF-8")
     if len(payload) > limits.max_payload_bytes:
         raise PayloadError("oversized", f"{len(payload)} bytes > {limits.max_payload_bytes}")
-    data = _loads(payload)
+    data, lenient = _loads(payload)
     site = fields.get("site", default_site)
     device = fields["device"]
     rejected: list[tuple[str, str]] = []
@@ -233,6 +251,8 @@ def decode_message(
             ts_ms = parse_ts(data["ts"])
         except ValueError as exc:
             raise PayloadError("bad_ts", str(exc)) from exc
+        if lenient:
+            raw_values = _drop_bad_names(raw_values, rejected)
         for channel, raw in raw_values.items():
             if type(raw) is float and _isfinite(raw):
                 values[channel] = raw  # the common case, as _number would take it

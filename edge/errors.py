@@ -10,6 +10,8 @@ Hierarchy::
     ├── SpoolError               the local disk spool cannot store or read records
     │   └── SpoolDiskFull        ... because its disk is full (transient: intake pauses)
     ├── InputError               data given to the scorer does not fit the bundle (names what)
+    ├── DeliveryRefused          Kafka refused one record for good (too large, invalid topic):
+    │                            retrying cannot help, so it is quarantined (``reason``)
     └── TransportError           MQTT or Kafka is unreachable after bounded retries
 """
 
@@ -65,6 +67,19 @@ class SpoolError(EdgeError):
 
 class SpoolDiskFull(SpoolError):
     """The spool's disk (or quota) is full: nothing more can be stored until space frees."""
+
+
+class DeliveryRefused(EdgeError):
+    """Kafka refused this one record, and would refuse it again: ``reason`` is a stable label.
+
+    Not a :class:`TransportError`: the broker is there, the record is the problem. The
+    forwarder quarantines such a record instead of retrying it, so it never blocks the queue.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}")
 
 
 class TransportError(EdgeError):

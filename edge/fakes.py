@@ -3,8 +3,11 @@
 They implement the same protocols as the real adapters and behave like them where it matters
 (:class:`CenterModel` is a :class:`edge.scorer.ModelLike` whose output is known):
 :class:`FakeSink` keeps records with their headers, can be "down" (sends raise
-TransportError), can fail deliveries, and answers :meth:`FakeSink.find_sent` from what it
-holds, like a broker would.
+TransportError), can fail deliveries, refuses records over a size limit as kafka-python and
+the broker do (:class:`~edge.errors.DeliveryRefused` from ``send`` over ``max_record_bytes``,
+in the delivery callback over ``broker_max_bytes``; after such a callback refusal every later
+delivery fails the same way until :meth:`FakeSink.abandon`, as kafka-python's idempotent
+producer does), and answers :meth:`FakeSink.find_sent` from what it holds, like a broker would.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edge.bundle import Manifest
-from edge.errors import TransportError
+from edge.errors import DeliveryRefused, TransportError
 from edge.ports import DeliveryCallback, InMessage
 
 __all__ = ["CenterModel", "FakeClock", "FakeSink", "FakeSource", "SentRecord"]
@@ -120,6 +123,10 @@ class FakeSink:
     closed: bool = False
     stuck: bool = False  # deliveries never complete (a wedged producer)
     abandoned: int = 0
+    max_record_bytes: int = 0  # > 0: bigger records are refused by send (producer-side check)
+    broker_max_bytes: int = 0  # > 0: bigger records fail their delivery as refused (broker)
+    refused: int = 0
+    _fatal: BaseException | None = None  # the producer's fatal error (until abandoned)
 
     def send(
         self,
@@ -131,10 +138,20 @@ class FakeSink:
     ) -> None:
         if self.down:
             raise TransportError("fake broker is down")
+        size = len(value) + len(key or b"")
+        if 0 < self.max_record_bytes < size:
+            self.refused += 1
+            raise DeliveryRefused("too_large", f"{size} bytes > max_request_size")
         rec = SentRecord(topic, key, value, list(headers), self.clock.now_ms())
         error: BaseException | None = None
         keep: SentRecord | None = rec
-        if self.fail_deliveries > 0:
+        if self._fatal is not None:
+            error, keep = self._fatal, None
+        elif 0 < self.broker_max_bytes < size:
+            self.refused += 1
+            error, keep = DeliveryRefused("too_large", f"{size} bytes > message.max.bytes"), None
+            self._fatal = error
+        elif self.fail_deliveries > 0:
             self.fail_deliveries -= 1
             error, keep = TransportError("delivery failed"), None
         elif self.ghost_deliveries > 0:
@@ -160,6 +177,7 @@ class FakeSink:
     def abandon(self) -> None:
         """Pending deliveries are dropped (never reported), as a closed producer would."""
         self._waiting = []
+        self._fatal = None
         self.abandoned += 1
 
     def find_sent(

@@ -7,6 +7,15 @@ retries bounded by ``delivery_timeout_ms``, and ``linger_ms``/``batch_size`` bat
 ``send`` blocks at most ``max_block_ms`` (metadata unavailable): then it raises
 :class:`~edge.errors.TransportError` and the forwarder backs off.
 
+Errors that doom one record (:data:`RECORD_ERRORS`: too large for ``max_request_size`` or the
+broker's ``message.max.bytes``, an invalid topic name, a record the broker calls invalid) are
+raised, or passed to the delivery callback, as :class:`~edge.errors.DeliveryRefused`, and the
+forwarder quarantines the record. Only errors kafka-python marks non-retriable
+(``retriable = False``) *and* that are about the record itself count: a non-retriable error
+about the client or the cluster (authorization, an unsupported version, a fenced producer)
+would refuse every record alike, so it stays a delivery failure that is retried (and shows as
+stuck delivery in the health check) rather than a reason to quarantine the whole spool.
+
 :meth:`KafkaSink.find_sent` reads back, with a short-lived consumer, the records written since
 a time, to learn which spool ids already arrived (see :mod:`edge.forward`).
 """
@@ -21,14 +30,38 @@ from pathlib import Path
 from typing import Any
 
 from edge.config import KafkaConfig
-from edge.errors import ConfigError, TransportError
+from edge.errors import ConfigError, DeliveryRefused, TransportError
 from edge.ports import DeliveryCallback
 
-__all__ = ["KafkaSink", "security_options"]
+__all__ = ["RECORD_ERRORS", "KafkaSink", "refusal", "security_options"]
 
 log = logging.getLogger(__name__)
 _READ_TIMEOUT_S = 30.0
 _HASH_CACHE = 100_000  # keys (devices) whose partition hash is remembered
+
+
+# kafka-python error class name -> the quarantine reason (all have retriable = False)
+RECORD_ERRORS = {
+    "MessageSizeTooLargeError": "too_large",
+    "RecordListTooLargeError": "too_large",
+    "InvalidTopicError": "invalid_topic",
+    "InvalidRecordError": "invalid_record",
+    "InvalidTimestampError": "invalid_timestamp",
+    "UnsupportedForMessageFormatError": "unsupported_format",
+}
+
+
+def refusal(exc: BaseException) -> BaseException:
+    """``exc`` as :class:`DeliveryRefused` when it dooms the record itself, else unchanged."""
+    from kafka.errors import KafkaError
+
+    original: BaseException = exc
+    if isinstance(exc, KafkaError) and not exc.retriable:
+        for cls in type(exc).__mro__:
+            reason = RECORD_ERRORS.get(cls.__name__)
+            if reason is not None and cls.__module__ == "kafka.errors":
+                return DeliveryRefused(reason, f"{type(exc).__name__}: {exc}")
+    return original
 
 
 def _key_hash_cache() -> Any:
@@ -131,6 +164,7 @@ class KafkaSink:
                 batch_size=c.batch_size,
                 compression_type=None if c.compression == "none" else c.compression,
                 delivery_timeout_ms=c.delivery_timeout_ms,
+                max_request_size=c.max_request_bytes,
                 max_block_ms=c.max_block_ms,
                 bootstrap_timeout_ms=max(c.max_block_ms, 1000),
             )
@@ -153,9 +187,12 @@ class KafkaSink:
         try:
             future = producer.send(topic, value=value, key=key, headers=headers)
         except (KafkaError, OSError) as exc:
+            refused = refusal(exc)
+            if isinstance(refused, DeliveryRefused):
+                raise refused from exc
             raise TransportError(f"cannot queue a record for {topic}: {exc!r}") from exc
         future.add_callback(lambda _meta: on_done(None))
-        future.add_errback(on_done)
+        future.add_errback(lambda exc: on_done(refusal(exc)))
 
     def flush(self, timeout_s: float) -> None:
         from kafka.errors import KafkaError

@@ -2,8 +2,9 @@
 
 :class:`AgentMetrics` is built in ``main`` on a ``CollectorRegistry`` of its own (never the
 global one) and passed to the parts that update it. :class:`MetricsServer` serves that registry
-and a health document; ``/healthz`` answers 200 when the agent loop is alive and its models are
-loaded, 503 otherwise, with the details as JSON either way.
+and a health document; ``/healthz`` answers 200 when the agent loop is alive, its models are
+loaded and delivery to Kafka is not stuck (records waiting longer than ``kafka.stuck_after_s``
+with none acknowledged or quarantined), 503 otherwise, with the details as JSON either way.
 """
 
 from __future__ import annotations
@@ -127,6 +128,17 @@ class AgentMetrics:
         self.kafka_acked = Counter(f"{ns}_kafka_acked", "records acknowledged by Kafka", registry=r)
         self.kafka_errors = Counter(
             f"{ns}_kafka_errors", "Kafka failures, by kind", ["kind"], registry=r
+        )
+        self.kafka_quarantined = Counter(
+            f"{ns}_kafka_quarantined",
+            "records Kafka refused for good, moved to the spool's quarantine, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.kafka_stuck = Gauge(
+            f"{ns}_kafka_stuck_seconds",
+            "how long records have waited with none acknowledged (0: spool empty)",
+            registry=r,
         )
         self.mqtt_connected = Gauge(f"{ns}_mqtt_connected", "1 while connected to MQTT", registry=r)
         self.inference_seconds = Histogram(

@@ -14,12 +14,26 @@
 the same tick (same ``ts_ms``), so storage keyed by tick time keeps the latest revision.
 
 ``gapwatch.deadletter`` carries :class:`DeadLetter`: the raw payload (text, or base64 when
-it is not UTF-8), where it came from, and a stable ``reason``.
+it is not UTF-8), where it came from, and a stable ``reason``. The payload kept is at most
+``max_raw_bytes`` (:data:`DEADLETTER_RAW_MAX_BYTES`, 16 KiB, by default) long, cut at a
+character boundary; ``raw_len`` and ``raw_sha256`` always describe the *whole* payload, and
+``raw_truncated`` says whether ``raw`` is only its beginning. So a dead letter stays far below
+Kafka's record limit, whatever arrived (JSON escapes write a kept byte as at most 6, base64 as
+4/3)::
+
+    {"schema": 1, "reason": "oversized", "detail": "1500000 bytes > 65536",
+     "source": "mqtt:sensors/lab/pump-3", "component": "agent", "received_ms": 1700000000020,
+     "raw": "{\"ts\": ...", "raw_len": 1500000, "raw_sha256": "9f86...", "raw_truncated": true}
+
+Names (site, device, channels, model) must be encodable as UTF-8: a lone surrogate such as
+``"pump-\\ud800"`` is valid JSON but not a name, and :meth:`ScoredTick.decode` refuses it
+(:class:`~edge.errors.SchemaError` whose text starts with ``bad_name``).
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -28,46 +42,55 @@ from typing import Any
 from edge.errors import SchemaError
 
 SCHEMA_VERSION = 1
+DEADLETTER_RAW_MAX_BYTES = 16 * 1024
 SCORED_TOPIC = "gapwatch.scored"
 DEADLETTER_TOPIC = "gapwatch.deadletter"
 
 __all__ = [
+    "DEADLETTER_RAW_MAX_BYTES",
     "DEADLETTER_TOPIC",
     "SCHEMA_VERSION",
     "SCORED_TOPIC",
     "DeadLetter",
     "ScoredTick",
     "encode_scored_dict",
+    "unencodable",
 ]
 
 
-# One encoder for every record: orjson (compact, UTF-8, NaN written as null) when installed,
-# else the json module with the same separators. Scored records never hold NaN (every float
-# goes through _finite_or_none); dead letters may, and both encoders write it as valid JSON.
+# One encoder for every record: orjson (compact UTF-8, NaN written as null) when installed.
+# What orjson refuses (a lone surrogate, e.g. in the topic a bad_name dead letter quotes) and
+# installs without orjson go through the json module: every non-ASCII character escaped (so a
+# surrogate becomes \\ud800), NaN written as null. Scored records never hold NaN (every float
+# goes through _finite_or_none) nor a surrogate (decode and the agent refuse such names).
+_ASCII = json.JSONEncoder(separators=(",", ":"))
+
+
+def _null_nan(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _null_nan(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_null_nan(v) for v in obj]
+    return obj
+
+
+def _encode_portable(obj: Any) -> bytes:
+    return _ASCII.encode(_null_nan(obj)).encode("ascii")
+
+
 try:
     import orjson
 
     def _encode(obj: Any) -> bytes:
-        return orjson.dumps(obj)
+        try:
+            return orjson.dumps(obj)
+        except TypeError:  # "str is not valid UTF-8: surrogates not allowed"
+            return _encode_portable(obj)
 
 except ImportError:  # pragma: no cover - orjson is part of the edge extra
-    _JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    _JSON_DL = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
-
-    def _encode(obj: Any) -> bytes:
-        try:
-            return _JSON.encode(obj).encode()
-        except ValueError:  # NaN: written as null, as orjson does
-            return _JSON_DL.encode(_null_nan(obj)).encode()
-
-    def _null_nan(obj: Any) -> Any:
-        if isinstance(obj, float) and not math.isfinite(obj):
-            return None
-        if isinstance(obj, dict):
-            return {k: _null_nan(v) for k, v in obj.items()}
-        if isinstance(obj, list | tuple):
-            return [_null_nan(v) for v in obj]
-        return obj
+    _encode = _encode_portable
 
 
 def encode_scored_dict(body: dict[str, Any]) -> bytes:
@@ -179,7 +202,43 @@ class ScoredTick:
         unknown = set(tick.imputed) - set(values)
         if unknown:
             raise SchemaError(f"imputed names channels without values: {sorted(unknown)}")
+        _check_names(tick)
         return tick
+
+
+def unencodable(text: str) -> bool:
+    """True when ``text`` cannot be written as UTF-8: it holds a lone surrogate (``\\ud800``).
+
+    JSON's ``\\uXXXX`` escapes can spell one, and Python's json reader accepts it, but no
+    UTF-8 writer (Kafka key, line protocol, a log) can carry it.
+    """
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _check_names(tick: ScoredTick) -> None:
+    """Raise SchemaError (``bad_name: ...``) for a name that is not encodable as UTF-8."""
+    named = {
+        "site": (tick.site,),
+        "device": (tick.device,),
+        "model": (tick.model,),
+        "model_version": (tick.model_version,),
+        "values": tuple(tick.values),
+        "imputed": tick.imputed,
+        "sigma": tuple(tick.sigma),
+        "top_channels": tick.top_channels,
+    }
+    for where, names in named.items():
+        for name in names:
+            if unencodable(name):
+                raise SchemaError(
+                    f"bad_name: {where} {name!r} is not encodable as UTF-8 (a lone surrogate)"
+                )
 
 
 def _text(value: Any, name: str) -> str:
@@ -214,17 +273,72 @@ def _finite(value: Any, name: str, *, none_ok: bool = True) -> Any:
     return out
 
 
+def _prefix(payload: bytes, limit: int) -> bytes:
+    """At most ``limit`` bytes of ``payload``; a UTF-8 character cut in two is left out whole."""
+    if len(payload) <= limit:
+        return payload
+    cut = payload[: max(0, limit)]
+    try:
+        cut.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.reason == "unexpected end of data" and exc.start >= len(cut) - 3:
+            return cut[: exc.start]
+    return cut
+
+
 @dataclass(frozen=True)
 class DeadLetter:
-    """A record that could not be processed, with its raw bytes and the reason."""
+    """A record that could not be processed, with (the beginning of) its raw bytes and the reason.
+
+    Build one with :meth:`capture`, which keeps at most ``max_raw_bytes`` of the payload and
+    records the whole payload's length and sha256. ``raw_len`` < 0 and ``raw_sha256`` ""
+    (the direct constructor's defaults) mean "``raw`` is the whole payload": they are filled
+    in from ``raw``.
+    """
 
     reason: str  # stable label, e.g. "not_json", "unknown_device", "ts_future"
     detail: str
     source: str  # e.g. "mqtt:sensors/lab/pump-3" or "kafka:gapwatch.scored/2@1234"
-    raw: bytes
+    raw: bytes  # the payload, or its first max_raw_bytes when raw_truncated
     received_ms: int
     component: str = "agent"
     schema: int = SCHEMA_VERSION
+    raw_len: int = -1  # length of the whole payload
+    raw_sha256: str = ""  # hex sha256 of the whole payload
+
+    def __post_init__(self) -> None:
+        if self.raw_len < 0:
+            object.__setattr__(self, "raw_len", len(self.raw))
+        if not self.raw_sha256:
+            object.__setattr__(self, "raw_sha256", hashlib.sha256(self.raw).hexdigest())
+
+    @property
+    def raw_truncated(self) -> bool:
+        return self.raw_len > len(self.raw)
+
+    @classmethod
+    def capture(
+        cls,
+        reason: str,
+        detail: str,
+        source: str,
+        payload: bytes,
+        received_ms: int,
+        *,
+        component: str = "agent",
+        max_raw_bytes: int = DEADLETTER_RAW_MAX_BYTES,
+    ) -> DeadLetter:
+        """A dead letter of ``payload`` keeping at most ``max_raw_bytes`` of it."""
+        return cls(
+            reason,
+            detail,
+            source,
+            _prefix(payload, max_raw_bytes),
+            received_ms,
+            component,
+            raw_len=len(payload),
+            raw_sha256=hashlib.sha256(payload).hexdigest(),
+        )
 
     def encode(self) -> bytes:
         try:
@@ -243,6 +357,9 @@ class DeadLetter:
             body["raw"] = text
         else:
             body["raw_b64"] = base64.b64encode(self.raw).decode("ascii")
+        body["raw_len"] = self.raw_len
+        body["raw_sha256"] = self.raw_sha256
+        body["raw_truncated"] = self.raw_truncated
         return _encode(body)
 
     @classmethod
@@ -258,6 +375,9 @@ class DeadLetter:
                 if "raw" in data
                 else base64.b64decode(data["raw_b64"], validate=True)
             )
+            sha = data.get("raw_sha256", "")
+            if not isinstance(sha, str):
+                raise SchemaError("dead letter raw_sha256 must be a string")
             return cls(
                 reason=str(data["reason"]),
                 detail=str(data["detail"]),
@@ -266,6 +386,8 @@ class DeadLetter:
                 received_ms=_int(data["received_ms"], "received_ms"),
                 component=str(data.get("component", "agent")),
                 schema=_int(data["schema"], "schema"),
+                raw_len=_int(data.get("raw_len", -1), "raw_len"),
+                raw_sha256=sha,
             )
         except (
             KeyError,

@@ -4,6 +4,8 @@ Tables::
 
     outbox(id, topic, key, value, size, created_ms, sent_ms)   records waiting for a Kafka ack
     inbox(id, topic, payload, received_ms)                     raw MQTT messages not yet fully used
+    quarantine(id, topic, key, value, size, created_ms,        records Kafka refused for good
+               quarantined_ms, reason, error)                   (kept, never resent)
     device_state(device, last_tick)                            newest tick spooled per device
     meta(key, value)                                           spool_id, processed_up_to
 
@@ -14,7 +16,9 @@ are spooled. After a crash, :meth:`Spool.recovery` hands back the journal so the
 rebuild the ticks that were open, without emitting anything twice.
 
 Read path (forwarder thread, its own connection): :class:`OutboxReader` reads records in id
-order, marks them sent, and deletes them once Kafka acknowledged them.
+order, marks them sent, and deletes them once Kafka acknowledged them; a record Kafka refused
+for good (:class:`~edge.errors.DeliveryRefused`) moves to ``quarantine`` in one transaction,
+so it neither blocks the records behind it nor disappears (:meth:`Spool.quarantined` lists it).
 
 Capacity: ``max_records`` / ``max_bytes`` with an explicit policy when full: ``pause`` (the
 spool keeps everything; :attr:`Spool.full` tells the agent to stop taking MQTT messages until it
@@ -42,6 +46,7 @@ __all__ = [
     "InboxRow",
     "OutRecord",
     "OutboxReader",
+    "Quarantined",
     "Recovery",
     "Spool",
     "SpoolStats",
@@ -67,6 +72,10 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE TABLE IF NOT EXISTS inbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, payload BLOB NOT NULL,
     received_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS quarantine (
+    id INTEGER PRIMARY KEY, topic TEXT NOT NULL, key BLOB, value BLOB NOT NULL,
+    size INTEGER NOT NULL, created_ms INTEGER NOT NULL, quarantined_ms INTEGER NOT NULL,
+    reason TEXT NOT NULL, error TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS device_state (device TEXT PRIMARY KEY, last_tick INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
@@ -88,6 +97,20 @@ class SpooledRecord:
     value: bytes
     created_ms: int
     sent_ms: int | None
+
+
+@dataclass(frozen=True)
+class Quarantined:
+    """A record Kafka refused for good, as kept in the spool's ``quarantine`` table."""
+
+    id: int
+    topic: str
+    key: bytes | None
+    value: bytes
+    created_ms: int
+    quarantined_ms: int
+    reason: str
+    error: str
 
 
 @dataclass(frozen=True)
@@ -374,6 +397,23 @@ class Spool:
             raise SpoolError(f"cannot read spool stats: {exc}") from exc
         return SpoolStats(n, b, None if row is None else int(row[0]))
 
+    def quarantined(self, limit: int = 1000) -> list[Quarantined]:
+        """The newest ``limit`` quarantined records, oldest first."""
+        try:
+            rows = self._conn.execute(
+                "SELECT id, topic, key, value, created_ms, quarantined_ms, reason, error FROM "
+                "(SELECT * FROM quarantine ORDER BY id DESC LIMIT ?) ORDER BY id",
+                (limit,),
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise SpoolError(f"cannot read the quarantine of {self.path}: {exc}") from exc
+        return [
+            Quarantined(
+                int(i), str(t), None if k is None else bytes(k), bytes(v), int(c), int(q), r, e
+            )
+            for i, t, k, v, c, q, r, e in rows
+        ]
+
     def reader(self) -> OutboxReader:
         """A read side with its own connection; create it in the thread that will use it."""
         return OutboxReader(self.path, self.synchronous, self._counters)
@@ -445,6 +485,38 @@ class OutboxReader:
             raise _failure("cannot delete acknowledged records", exc) from exc
         self._counters.add(-removed, -freed)
         return removed
+
+    def quarantine(self, refused: Sequence[tuple[int, str, str]], now_ms: int) -> int:
+        """Move ``(id, reason, error)`` records from the outbox to ``quarantine``; return how many.
+
+        One transaction: a record is in exactly one of the two tables at any time.
+        """
+        if not refused:
+            return 0
+        moved = freed = 0
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            for rid, reason, error in refused:
+                self._conn.execute(
+                    "INSERT OR IGNORE INTO quarantine(id, topic, key, value, size, created_ms, "
+                    "quarantined_ms, reason, error) SELECT id, topic, key, value, size, "
+                    "created_ms, ?, ?, ? FROM outbox WHERE id = ?",
+                    (now_ms, reason, error[:500], rid),
+                )
+                sizes = self._conn.execute(
+                    "DELETE FROM outbox WHERE id = ? RETURNING size", (rid,)
+                ).fetchall()
+                moved += len(sizes)
+                freed += sum(int(s[0]) for s in sizes)
+            self._conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            try:
+                self._conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                log.debug("spool.rollback_failed")
+            raise _failure("cannot quarantine refused records", exc) from exc
+        self._counters.add(-moved, -freed)
+        return moved
 
     def sent_unacked(self) -> list[tuple[int, int]]:
         """``(id, sent_ms)`` of records sent to Kafka but not acknowledged, oldest first."""

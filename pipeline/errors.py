@@ -69,7 +69,15 @@ class TransportUnavailable(PipelineError):
 
 
 class LineProtocolError(PipelineError):
-    """A tick cannot be expressed as line protocol (a name InfluxDB cannot hold)."""
+    """A tick cannot be expressed as line protocol (a name InfluxDB cannot hold).
+
+    ``reason`` is the dead letter's label: ``unencodable``, ``bad_name`` (not UTF-8) or
+    ``name_collision`` (channel ``x`` beside a channel ``x_imputed`` or ``x_sigma``).
+    """
+
+    def __init__(self, message: str, reason: str = "unencodable") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class RequestError(PipelineError):

@@ -27,11 +27,11 @@ from __future__ import annotations
 import json
 import math
 import operator
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from edge.schema import SCHEMA_VERSION, ScoredTick
+from edge.schema import SCHEMA_VERSION, ScoredTick, unencodable
 from pipeline.errors import LineProtocolError
 
 READINGS = "readings"
@@ -81,10 +81,28 @@ def _check_name(text: str, what: str) -> None:
             f"{what} {text!r} contains {bad[0]!r}; names may not hold control characters, "
             "backslashes or double quotes"
         )
+    if unencodable(text):
+        raise LineProtocolError(f"{what} {text!r} is not encodable as UTF-8", "bad_name")
+
+
+def _check_collisions(names: Iterable[str]) -> None:
+    """Refuse channel ``x`` beside ``x_imputed`` / ``x_sigma``: one field would hold both."""
+    known = set(names)
+    for name in known:
+        for suffix in (IMPUTED_SUFFIX, SIGMA_SUFFIX):
+            if name.endswith(suffix) and name[: -len(suffix)] in known:
+                raise LineProtocolError(
+                    f"channel {name!r} collides with the {suffix} field of channel "
+                    f"{name[: -len(suffix)]!r}; rename one of them",
+                    "name_collision",
+                )
 
 
 def _string_field(text: str) -> bytes:
-    return ('"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"').encode()
+    try:
+        return ('"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"').encode()
+    except UnicodeEncodeError as exc:
+        raise LineProtocolError(f"string {text!r} is not encodable as UTF-8", "bad_name") from exc
 
 
 def _tpl(text: bytes) -> bytes:
@@ -255,6 +273,7 @@ class LineEncoder:
         imputed channels, anomaly, revision, model_version, warmup, model.
         """
         site, device, names, imputed, anomaly, revision, model_version, warmup, model = key
+        _check_collisions(names)
         parts = []
         for name in names:
             k_value, k_imputed, _ = self._channel_keys(name)
@@ -459,6 +478,7 @@ class LineEncoder:
     ) -> tuple[bytes, int]:
         """Any tick: (lines, points). Non-finite and missing numbers are left out."""
         heads = self._series_heads(site, device)
+        _check_collisions(values)
         parts: list[bytes] = []
         numbers: list[float] = []
         for name, value in values.items():

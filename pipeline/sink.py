@@ -14,8 +14,11 @@ Guarantees:
   retried with exponential backoff capped at ``max_backoff_s``; offsets do not move. With
   ``give_up_after_s > 0`` the sink raises :class:`SinkGaveUp` after that long (exit, restart,
   re-read from the last commit).
-- **Poison.** A record that is not JSON, breaks the schema, cannot be expressed as line
-  protocol, or that InfluxDB rejects with 400 goes to the dead-letter topic with the reason.
+- **Poison.** A record that is not JSON, breaks the schema (``bad_schema``; ``bad_name`` for a
+  name that is not encodable as UTF-8, such as a lone surrogate), cannot be expressed as line
+  protocol (``unencodable``; ``name_collision`` for channel ``x`` beside ``x_imputed``), or that
+  InfluxDB rejects with 400 goes to the dead-letter topic with the reason. Dead letters keep
+  at most 16 KiB of the record, plus its length and sha256.
   A 400 on a batch is narrowed down by bisection (writes are idempotent), so the good records
   of the batch are written and only the bad ones are dead-lettered.
 - **Revisions.** Per-device order holds within a partition, so last-write-wins is right. A
@@ -178,7 +181,10 @@ class _Batch:
 
 
 def _schema_reason(exc: SchemaError) -> str:
-    return "not_json" if "not JSON" in str(exc) else "bad_schema"
+    text = str(exc)
+    if text.startswith("bad_name:"):
+        return "bad_name"
+    return "not_json" if "not JSON" in text else "bad_schema"
 
 
 class Sink:
@@ -303,7 +309,10 @@ class Sink:
             try:
                 encoded = None if raw is None else encode(raw)
             except LineProtocolError as exc:
-                self._dead(batch, tp, record, "unencodable", str(exc))
+                self._dead(batch, tp, record, exc.reason, str(exc))
+                continue
+            except UnicodeError as exc:  # a name check missed: a dead letter, never a crash
+                self._dead(batch, tp, record, "bad_name", f"{type(exc).__name__}: {exc}")
                 continue
             if encoded is None:
                 encoded = self._decode(batch, tp, record, raw)
@@ -350,19 +359,22 @@ class Sink:
             self._dead(batch, tp, record, _schema_reason(exc), str(exc))
             return None
         except LineProtocolError as exc:
-            self._dead(batch, tp, record, "unencodable", str(exc))
+            self._dead(batch, tp, record, exc.reason, str(exc))
+            return None
+        except UnicodeError as exc:  # a name check missed: still a dead letter, never a crash
+            self._dead(batch, tp, record, "bad_name", f"{type(exc).__name__}: {exc}")
             return None
         return Encoded(lines, tick.site, tick.device, tick.ts_ms, tick.revision, lines.count(b"\n"))
 
     def _dead(
         self, batch: _Batch, tp: TopicPartition, record: RecordLike, reason: str, detail: str
     ) -> None:
-        letter = DeadLetter(
-            reason=reason,
-            detail=detail,
-            source=f"kafka:{tp[0]}/{tp[1]}@{record.offset}",
-            raw=record.value or b"",
-            received_ms=int(self._clock.time() * 1000),
+        letter = DeadLetter.capture(
+            reason,
+            detail,
+            f"kafka:{tp[0]}/{tp[1]}@{record.offset}",
+            record.value or b"",
+            int(self._clock.time() * 1000),
             component="sink",
         )
         batch.letters.append((letter, record.key))

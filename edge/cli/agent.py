@@ -228,6 +228,7 @@ def _forwarder(
         stall_timeout_s=(k.delivery_timeout_ms + k.request_timeout_ms) / 1000 + 10.0,
         on_acked=acked,
         on_error=lambda kind: metrics.kafka_errors.labels(kind).inc(),
+        on_quarantined=lambda reason, n: metrics.kafka_quarantined.labels(reason).inc(n),
     )
 
 

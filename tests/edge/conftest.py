@@ -183,7 +183,12 @@ def _make_agent(
     sink = sink or FakeSink(clock)
     spool = spool or Spool(config.spool_path)
     metrics = AgentMetrics(CollectorRegistry())
-    forwarder = Forwarder(spool, sink, clock)
+    forwarder = Forwarder(
+        spool,
+        sink,
+        clock,
+        on_quarantined=lambda reason, n: metrics.kafka_quarantined.labels(reason).inc(n),
+    )
     source = FakeSource(clock)
     watcher = BundleWatcher(config.bundles.root, [r.bundle for r in config.devices])
     agent = Agent(

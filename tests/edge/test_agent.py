@@ -328,3 +328,111 @@ def test_a_trickle_of_messages_is_gathered_into_one_journal_transaction(
     assert h.agent.step(0) == 4
     assert polls == [1, 3] and journaled == [4]  # one transaction, one ack for all four
     assert len(h.source.acked) == 4
+
+
+def test_an_oversized_payload_is_a_short_dead_letter_and_delivery_goes_on(
+    tmp_path: Path, agent_bundle_factory: BundleFactory, agent_harness: AgentFactory
+) -> None:
+    # issue 16: the `oversized` dead letter kept the whole 1.5 MB payload; Kafka (here: the
+    # producer's 1 MiB max_request_size) refused it and the forwarder retried it forever.
+    import hashlib
+    import json
+
+    agent_bundle_factory()
+    sink = FakeSink(FakeClock(T0 + 500), max_record_bytes=1 << 20)
+    h = agent_harness(tmp_path, tmp_path / "bundles", clock=sink.clock, sink=sink)
+    body = {"ts": 1_700_000_000, "values": FULL, "pad": "é" * 750_000}
+    huge = json.dumps(body, ensure_ascii=False).encode()  # 1.5 MB, 2-byte characters
+    h.publish("pump-1", 0, FULL)
+    h.raw("sensors/lab/pump-1", huge)
+    for k in range(1, 4):
+        h.publish("pump-1", k, FULL)
+    h.pump()
+    h.agent.shutdown()
+    h.deliver()
+    [letter] = h.dead()
+    assert letter.reason == "oversized"
+    assert letter.raw_truncated and huge.startswith(letter.raw)
+    assert 16 * 1024 - 3 <= len(letter.raw) <= 16 * 1024
+    letter.raw.decode("utf-8")  # cut between characters, so it stays text
+    assert (letter.raw_len, letter.raw_sha256) == (len(huge), hashlib.sha256(huge).hexdigest())
+    assert sorted(rev0(h.scored())) == [0, 1, 2, 3]
+    assert h.metric("gapwatch_agent_bad_input_total", reason="oversized") == 1
+    assert h.forwarder.stats.quarantined == 0 and h.agent.health()[0]
+
+
+def test_a_record_kafka_refuses_is_quarantined_counted_and_never_blocks_the_ticks(
+    tmp_path: Path, agent_bundle_factory: BundleFactory, agent_harness: AgentFactory
+) -> None:
+    agent_bundle_factory()
+    sink = FakeSink(FakeClock(T0 + 500), max_record_bytes=100_000)
+    h = agent_harness(
+        tmp_path,
+        tmp_path / "bundles",
+        "kafka.deadletter_raw_max_bytes=131072",  # letters big enough for this broker to refuse
+        clock=sink.clock,
+        sink=sink,
+    )
+    h.publish("pump-1", 0, FULL)
+    h.raw("sensors/lab/pump-1", b"x" * 300_000)
+    for k in range(1, 4):
+        h.publish("pump-1", k, FULL)
+    h.pump()
+    h.agent.shutdown()
+    h.deliver()
+    assert sorted(rev0(h.scored())) == [0, 1, 2, 3]
+    assert h.dead() == []
+    [q] = h.spool.quarantined()
+    assert q.topic == h.config.kafka.deadletter_topic and q.reason == "too_large"
+    assert h.metric("gapwatch_agent_kafka_quarantined_total", reason="too_large") == 1
+    ok, detail = h.agent.health()
+    assert ok and detail["kafka_quarantined"] == 1 and not detail["delivery_stuck"]
+
+
+def test_health_turns_unhealthy_while_delivery_is_stuck(
+    tmp_path: Path, agent_bundle_factory: BundleFactory, agent_harness: AgentFactory
+) -> None:
+    agent_bundle_factory()
+    sink = FakeSink(FakeClock(T0 + 500), down=True)
+    h = agent_harness(
+        tmp_path, tmp_path / "bundles", "kafka.stuck_after_s=60", clock=sink.clock, sink=sink
+    )
+    for k in range(3):
+        h.publish("pump-1", k, FULL)
+    for _ in range(30):  # five seconds a round: the loop stays alive, Kafka stays away
+        h.pump(1)
+        h.forwarder.step()
+        h.clock.advance(5000)
+    ok, detail = h.agent.health()
+    assert not ok and detail["delivery_stuck"] and detail["kafka_stuck_s"] > 60
+    assert detail["loop_alive"]
+    sink.down = False
+    h.deliver()
+    ok, detail = h.agent.health()
+    assert ok and not detail["delivery_stuck"]
+
+
+def test_names_that_are_not_utf8_are_dead_lettered_as_bad_name_not_a_crash(
+    tmp_path: Path, agent_bundle_factory: BundleFactory, agent_harness: AgentFactory
+) -> None:
+    # A device from the topic with a lone surrogate reached `key.encode()` and raised
+    # UnicodeEncodeError out of the agent loop. (Mosquitto refuses such topics; the check
+    # does not rely on it.)
+    agent_bundle_factory()
+    h = agent_harness(tmp_path, tmp_path / "bundles")
+    h.publish("pump-1", 0, FULL)
+    h.raw("sensors/lab/pump-\ud800", '{"ts": 1700000001, "values": {"a": 1}}')
+    h.raw("sensors/lab/pump-1", '{"ts": 1700000001, "values": {"a": 1, "b\\ud800": 2}}')
+    h.publish("pump-1", 2, FULL)
+    h.pump()
+    h.agent.shutdown()
+    h.deliver()
+    letters = h.dead()
+    assert [d.reason for d in letters] == ["bad_name", "bad_name"]
+    assert letters[1].detail == "b\\ud800: bad_name"  # escaped: the detail is writable text
+    assert letters[0].source == "mqtt:sensors/lab/pump-\ud800"  # as it came (JSON-escaped)
+    by_tick = rev0(h.scored())
+    assert sorted(by_tick) == [0, 1, 2]
+    assert by_tick[1].values["a"] == 1.0  # the good channel of that payload was used
+    assert {t.device for t in h.scored()} == {"pump-1"}
+    assert h.metric("gapwatch_agent_bad_input_total", reason="bad_name") == 2

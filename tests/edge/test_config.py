@@ -176,3 +176,18 @@ def test_a_bad_environment_value_names_its_variable() -> None:
     assert "mqtt.port (from GAPWATCH_AGENT__MQTT__PORT): expected an integer" in msg
     assert "mqtt.protcol: unknown key (from GAPWATCH_AGENT__MQTT__PROTCOL)" in msg
     assert "did you mean 'protocol'?" in msg
+
+
+def test_kafka_topics_dead_letter_size_and_stuck_bound_are_checked(tmp_path: Path) -> None:
+    text = MINIMAL + (
+        '[kafka]\nscored_topic = "bad topic!"\ndeadletter_raw_max_bytes = 2000000\n'
+        "stuck_after_s = 0\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text), env={})
+    msg = str(err.value)
+    assert "kafka.scored_topic 'bad topic!': a Kafka topic is 1-249 of" in msg
+    assert "kafka.deadletter_raw_max_bytes 2000000 must be in 0..131072" in msg
+    assert "kafka.stuck_after_s 0.0 must be > 0 seconds" in msg
+    config = load_config(write(tmp_path, MINIMAL), env={})
+    assert (config.kafka.deadletter_raw_max_bytes, config.kafka.stuck_after_s) == (16384, 120.0)

@@ -40,3 +40,54 @@ def test_cached_partitioner_picks_the_default_partition_for_every_key() -> None:
     )
     keyless = cached.partition("t", None, None, b"v", b"v", grown)
     assert keyless in range(5)
+
+
+def test_errors_that_doom_one_record_become_delivery_refused_and_others_stay() -> None:
+    import pytest
+    from kafka import errors
+
+    from edge.errors import DeliveryRefused
+    from edge.kafka_out import refusal
+
+    for exc, reason in [
+        (errors.MessageSizeTooLargeError("1500000 bytes"), "too_large"),
+        (errors.RecordListTooLargeError(), "too_large"),
+        (errors.InvalidTopicError(), "invalid_topic"),
+        (errors.InvalidRecordError(), "invalid_record"),
+    ]:
+        out = refusal(exc)
+        assert isinstance(out, DeliveryRefused) and out.reason == reason, exc
+    for exc in [
+        errors.KafkaTimeoutError(),  # retriable: an outage
+        errors.NotEnoughReplicasError(),  # retriable
+        errors.TopicAuthorizationFailedError(),  # non-retriable, but about the client
+        errors.BrokerNotAvailableError(),
+        OSError("reset"),
+    ]:
+        assert refusal(exc) is exc
+    with pytest.raises(AssertionError):
+        assert isinstance(refusal(errors.UnknownTopicOrPartitionError()), DeliveryRefused)
+
+
+def test_send_raises_delivery_refused_for_a_record_over_the_producer_limit() -> None:
+    import pytest
+    from kafka import errors
+
+    from edge.config import KafkaConfig
+    from edge.errors import DeliveryRefused, TransportError
+    from edge.kafka_out import KafkaSink
+
+    class Producer:
+        def __init__(self, exc: Exception) -> None:
+            self.exc = exc
+
+        def send(self, *_a: Any, **_k: Any) -> Any:
+            raise self.exc
+
+    sink = KafkaSink(KafkaConfig(), "test")
+    sink._producer = Producer(errors.MessageSizeTooLargeError("too big"))
+    with pytest.raises(DeliveryRefused, match="too_large"):
+        sink.send("t", b"k", b"v" * 10, [], lambda _e: None)
+    sink._producer = Producer(errors.KafkaTimeoutError("no metadata"))
+    with pytest.raises(TransportError):
+        sink.send("t", b"k", b"v", [], lambda _e: None)

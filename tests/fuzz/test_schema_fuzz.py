@@ -1,7 +1,9 @@
 """Fuzzing the Kafka record schema (edge.schema): a poison record is a SchemaError, not a crash.
 
 The sink decodes every record it consumes with :meth:`ScoredTick.decode`; anything but a
-:class:`~edge.errors.SchemaError` there would stop the consumer group on one bad record.
+:class:`~edge.errors.SchemaError` there would stop the consumer group on one bad record. Text
+here includes lone surrogates (``\\ud800``): valid JSON escapes that no UTF-8 writer can carry
+(issue 16: one in a device name crashed the sink in its line-protocol encoder).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from hypothesis import strategies as st
 
 from edge.errors import SchemaError
 from edge.schema import DeadLetter, ScoredTick
+from pipeline.lineproto import LineEncoder, LineProtocolError
 
 FUZZ = settings(
     max_examples=int(os.environ.get("GAPWATCH_FUZZ_EXAMPLES", "300")),
@@ -26,6 +29,10 @@ FUZZ = settings(
 )
 
 names = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=12)
+surrogates = st.sampled_from(["\ud800", "\udbff", "\udc00", "\udfff"])
+# any text, lone surrogates included (st.characters() leaves them out by default)
+any_text = st.text(st.characters() | surrogates, max_size=20)
+bad_names = st.tuples(any_text, surrogates, any_text).map("".join)
 finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
 ticks = st.builds(
     ScoredTick,
@@ -52,10 +59,8 @@ junk = st.recursive(
     | st.integers()
     | st.integers(10**300, 10**500)
     | st.floats()
-    | st.text(max_size=20),
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
-    ),
+    | any_text,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(any_text, inner, max_size=4),
     max_leaves=15,
 )
 
@@ -137,3 +142,63 @@ def test_dead_letter_with_one_bad_field_is_a_schema_error(key: str, value: Any) 
         return
     assert isinstance(letter.raw, bytes)
     assert isinstance(letter.received_ms, int)
+
+
+_NAME_FIELDS = ["site", "device", "model", "model_version", "values", "sigma", "top_channels"]
+
+
+def _with_name(tick: ScoredTick, where: str, name: str) -> bytes:
+    body = tick.to_dict()
+    if where in {"values", "sigma"}:
+        body[where] = {**body[where], name: 1.0}
+    elif where == "top_channels":
+        body[where] = [*body[where], name]
+    else:
+        body[where] = name
+    return json.dumps(body).encode()  # ensure_ascii: a surrogate is written as \\udXXX
+
+
+@FUZZ
+@given(tick=ticks, where=st.sampled_from(_NAME_FIELDS), name=bad_names)
+@example(
+    tick=ScoredTick("s", "pump", 1, {}, (), {}, None, None, 1.0, False, (), "m", "1"),
+    where="device",
+    name="pump-\ud800",
+)
+def test_a_name_with_a_lone_surrogate_is_a_bad_name_schema_error(
+    tick: ScoredTick, where: str, name: str
+) -> None:
+    raw = _with_name(tick, where, name)
+    try:
+        ScoredTick.decode(raw)
+    except SchemaError as exc:
+        assert str(exc).startswith("bad_name:"), exc
+    else:
+        raise AssertionError(f"{where}={name!r} was accepted")
+
+
+@FUZZ
+@given(
+    tick=ticks,
+    where=st.sampled_from([*_NAME_FIELDS, "imputed"]),
+    name=bad_names | names | any_text,
+)
+def test_the_sink_encoder_refuses_with_a_reason_and_never_raises_anything_else(
+    tick: ScoredTick, where: str, name: str
+) -> None:
+    """The sink's two paths (encode_json, then decode + encode) on names of any text."""
+    if where == "imputed":
+        body = tick.to_dict()
+        body["values"][name] = 1.0
+        body["imputed"], body["sigma"] = [name], {name: 0.5}
+        raw = json.dumps(body).encode()
+    else:
+        raw = _with_name(tick, where, name)
+    encoder = LineEncoder()
+    try:
+        if encoder.encode_json(raw) is None:
+            encoder.encode(ScoredTick.decode(raw))
+    except LineProtocolError as exc:
+        assert exc.reason in {"unencodable", "bad_name", "name_collision"}
+    except SchemaError as exc:
+        assert str(exc).startswith("bad_name:") or "not JSON" not in str(exc)

@@ -298,6 +298,51 @@ def test_poison_records_land_in_the_dead_letter_topic(stack: Stack) -> None:
     assert all(v.component == "sink" for v in letters.values())
 
 
+def test_a_surrogate_name_or_a_name_collision_never_stops_the_sink(stack: Stack) -> None:
+    """Issue 16: ``"device": "pump-\\ud800"`` passed the schema and crashed the sink's loop
+    (UnicodeEncodeError in lineproto); restarted, it read the same record again."""
+    from kafka import KafkaConsumer
+
+    def with_surrogate(tick: ScoredTick) -> bytes:
+        return tick.encode().replace(b"@@", b"\\ud800")  # JSON text with a lone surrogate
+
+    poison = [
+        (b"k-device", with_surrogate(make_tick(1, device="pump-@@"))),
+        (b"k-channel", with_surrogate(make_tick(2, values={"Pressure": 1.0, "C@@": 2.0},
+                                                imputed=(), sigma={}))),
+        (b"k-model", with_surrogate(make_tick(3, model="skab-@@"))),
+        (b"k-clash", make_tick(4, values={"x": 1.0, "x_imputed": 2.0}, imputed=(), sigma={})
+         .encode()),
+    ]  # fmt: skip
+    good = [make_tick(i, devices=2) for i in range(10, 30)]
+    stack.produce([*poison, *((t.key.encode(), t.encode()) for t in good)])
+    proc = stack.start_sink()
+    wait_for("20 good points", lambda: stack.count() == 20)
+    wait_for("all 24 offsets committed", lambda: sum(stack.committed().values()) == 24)
+    assert proc.poll() is None, "the sink stopped"
+    consumer = KafkaConsumer(
+        stack.deadletter,
+        bootstrap_servers=stack.bootstrap,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=30000,
+    )
+    letters = {}
+    for record in consumer:
+        letters[record.key] = DeadLetter.decode(record.value)
+        if len(letters) == 4:
+            break
+    consumer.close()
+    assert stop(proc) == 0
+    assert {k: v.reason for k, v in letters.items()} == {
+        b"k-device": "bad_name",
+        b"k-channel": "bad_name",
+        b"k-model": "bad_name",
+        b"k-clash": "name_collision",
+    }
+    assert letters[b"k-device"].raw == poison[0][1]  # the record as it came
+    assert "'x_imputed' collides" in letters[b"k-clash"].detail
+
+
 def test_killed_mid_batch_and_restarted_loses_nothing_and_duplicates_nothing(stack: Stack) -> None:
     n = 24_000  # >= 240 sequential writes of 100 points: the kill cannot miss the stream
     stack.produce_ticks([make_tick(i, devices=12) for i in range(n)])

@@ -282,3 +282,37 @@ def test_one_encoder_keeps_shapes_and_series_apart() -> None:
         assert fast is not None
         assert fast.lines == LineEncoder().encode(t)
         assert (fast.device, fast.points) == (t.device, 1)
+
+
+@pytest.mark.parametrize(
+    "over",
+    [
+        {"device": "pump-\ud800"},
+        {"site": "\udfff"},
+        {"values": {"Pressure": 1.0, "Cur\ud800": 2.0}, "imputed": (), "sigma": {}},
+        {"model": "skab\ud800"},
+        {"model_version": "\ud800"},
+        {"anomaly": True, "top_channels": ("\ud800",)},
+    ],
+)
+def test_a_name_that_is_not_utf8_is_refused_as_bad_name_not_a_crash(
+    over: dict[str, object],
+) -> None:
+    # A ScoredTick built in memory can hold a lone surrogate; encoding it used to raise
+    # UnicodeEncodeError out of the encoder.
+    with pytest.raises(LineProtocolError) as err:
+        LineEncoder().encode(tick(**over))
+    assert err.value.reason == "bad_name"
+
+
+@pytest.mark.parametrize(
+    "values",
+    [{"x": 1.0, "x_imputed": 2.0}, {"x_sigma": 1.0, "x": 2.0}],
+)
+def test_a_channel_beside_its_suffixed_twin_is_a_name_collision(values: dict[str, float]) -> None:
+    t = tick(values=values, imputed=(), sigma={})
+    for encode in (lambda: LineEncoder().encode(t), lambda: LineEncoder().encode_json(t.encode())):
+        with pytest.raises(LineProtocolError) as err:
+            encode()
+        assert err.value.reason == "name_collision"
+        assert "collides" in str(err.value)

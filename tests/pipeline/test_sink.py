@@ -333,3 +333,73 @@ def test_fatal_storage_errors_stop_the_sink_without_commit() -> None:
     with pytest.raises(StorageError, match="403"):
         r.run()
     assert r.source.commits == []
+
+
+def _with_surrogate(body: dict[str, object]) -> bytes:
+    """The record as JSON text, its placeholder ``@@`` spelled as a lone surrogate escape."""
+    return json.dumps(body).replace("@@", "\\ud800").encode()
+
+
+@pytest.mark.parametrize(
+    "where",
+    ["site", "device", "model", "model_version", "channel", "imputed", "top_channels"],
+)
+def test_a_lone_surrogate_in_a_name_is_a_dead_letter_and_the_sink_goes_on(where: str) -> None:
+    # issue 16: `"device": "pump-\ud800"` passed ScoredTick.decode and crashed the loop with
+    # UnicodeEncodeError in lineproto; under Restart=on-failure it re-read the same record.
+    body = tick(anomaly=True, top_channels=("Pressure",)).to_dict()
+    if where == "channel":
+        body["values"] = {"Pressure": 0.25, "Cur@@": 1.5}
+        body["imputed"], body["sigma"] = [], {}
+    elif where == "imputed":
+        body["values"] = {"Pressure": 0.25, "Cur@@": 1.5}
+        body["imputed"], body["sigma"] = ["Cur@@"], {"Cur@@": 0.1}
+    elif where == "top_channels":
+        body["top_channels"] = ["Press@@"]
+    else:
+        body[where] = f"{body[where]}-@@"
+    r = rig()
+    r.source.add(tick(ts_ms=1).encode())
+    r.source.add(_with_surrogate(body), key=b"poison")
+    r.source.add(tick(ts_ms=2).encode())
+    r.run()
+    assert [(letter.reason, key) for letter, key in r.letters.letters] == [("bad_name", b"poison")]
+    letter = r.letters.letters[0][0]
+    assert "\\ud800" in letter.raw.decode()  # the record as it came, JSON escape intact
+    assert letter.encode()  # and the letter itself is writable
+    assert sorted(t for (_, t) in readings(r.influx)) == [1, 2]
+    assert r.source.committed == {(TOPIC, 0): 3}
+    assert r.metric("gapwatch_sink_deadletters_total", reason="bad_name") == 1
+
+
+def test_a_channel_beside_its_imputed_twin_is_a_name_collision_dead_letter() -> None:
+    r = rig()
+    clash = tick(values={"x": 1.0, "x_imputed": 2.0}, imputed=(), sigma={})
+    sigma_clash = tick(ts_ms=5, values={"y": 1.0, "y_sigma": 2.0}, imputed=("y",), sigma={"y": 1.0})
+    r.source.add(clash.encode(), key=b"clash")
+    r.source.add(sigma_clash.encode(), key=b"sigma")
+    r.source.add(tick(ts_ms=2).encode())
+    r.run()
+    assert [(letter.reason, key) for letter, key in r.letters.letters] == [
+        ("name_collision", b"clash"),
+        ("name_collision", b"sigma"),
+    ]
+    assert "'x_imputed' collides" in r.letters.letters[0][0].detail
+    assert sorted(t for (_, t) in readings(r.influx)) == [2]
+
+
+def test_a_dead_letter_keeps_only_the_start_of_a_huge_record_with_its_length_and_hash() -> None:
+    import hashlib
+
+    from edge.schema import DEADLETTER_RAW_MAX_BYTES
+
+    huge = b'{"not": "a tick", "pad": "' + b"x" * 900_000 + b'"}'
+    r = rig()
+    r.source.add(huge, key=b"huge")
+    r.source.add(tick(ts_ms=2).encode())
+    r.run()
+    letter = r.letters.letters[0][0]
+    assert letter.reason == "bad_schema"
+    assert letter.raw == huge[:DEADLETTER_RAW_MAX_BYTES]
+    assert (letter.raw_len, letter.raw_sha256) == (len(huge), hashlib.sha256(huge).hexdigest())
+    assert len(letter.encode()) < DEADLETTER_RAW_MAX_BYTES + 1024

@@ -45,7 +45,15 @@ class BundleError(EdgeError):
 
 
 class SchemaError(EdgeError):
-    """A record does not match the versioned message schema."""
+    """A record does not match the versioned message schema.
+
+    ``reason`` is the stable dead-letter label: ``not_json`` (not JSON or not UTF-8),
+    ``bad_name`` (a name that is not encodable as UTF-8) or ``bad_schema`` (anything else).
+    """
+
+    def __init__(self, message: str, reason: str = "bad_schema") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class ConfigError(EdgeError):

@@ -36,6 +36,8 @@ import base64
 import hashlib
 import json
 import math
+import operator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,9 +52,11 @@ __all__ = [
     "DEADLETTER_RAW_MAX_BYTES",
     "DEADLETTER_TOPIC",
     "SCHEMA_VERSION",
+    "SCORED_FIELDS",
     "SCORED_TOPIC",
     "DeadLetter",
     "ScoredTick",
+    "canonical_fields",
     "encode_scored_dict",
     "unencodable",
 ]
@@ -91,6 +95,78 @@ try:
 
 except ImportError:  # pragma: no cover - orjson is part of the edge extra
     _encode = _encode_portable
+
+
+# The fields of a record as ScoredTick.to_dict writes them, and the types the agent writes:
+# what canonical_fields takes without the strict reader's closer look.
+SCORED_FIELDS = (
+    "schema",
+    "site",
+    "device",
+    "ts_ms",
+    "values",
+    "imputed",
+    "sigma",
+    "score",
+    "smoothed",
+    "threshold",
+    "anomaly",
+    "top_channels",
+    "model",
+    "model_version",
+    "revision",
+    "warmup",
+    "received_ms",
+)
+_get_fields: Callable[[dict[str, Any]], tuple[Any, ...]] = operator.itemgetter(*SCORED_FIELDS)
+_CANONICAL_TYPES = frozenset(
+    (int, str, str, int, dict, list, dict, float, float, float, bool, list, str, str, int, bool, r)
+    for r in (int, type(None))
+)
+_NUMBER = frozenset({float, int})
+_FLOAT = frozenset({float})
+_STR = frozenset({str})
+
+
+def canonical_fields(d: dict[str, Any]) -> tuple[tuple[Any, ...], list[float]] | None:
+    """A decoded record dict in exactly the shape the agent writes, checked cheaply.
+
+    Returns its fields (in :data:`SCORED_FIELDS` order) and its numbers in line order
+    (``values``, the ``sigma`` of each imputed channel, ``score``, ``smoothed``,
+    ``threshold``), all finite floats; None for any other shape, which then needs
+    :meth:`ScoredTick.decode`, the strict reader, to accept or refuse it. The sink's fast path
+    (``pipeline.lineproto``) and the strict reader thus share one contract, here.
+    """
+    try:
+        fields = _get_fields(d)
+    except KeyError:
+        return None
+    if tuple(map(type, fields)) not in _CANONICAL_TYPES:
+        return None
+    schema, site, device, _, values, imputed, sigma, score, smoothed, threshold = fields[:10]
+    if not (schema == SCHEMA_VERSION and site and device):
+        return None
+    if sigma and not _NUMBER.issuperset(map(type, sigma.values())):
+        return None
+    if imputed:
+        if not (
+            _STR.issuperset(map(type, imputed))
+            and values.keys() >= set(imputed)
+            and sigma.keys() >= set(imputed)
+        ):
+            return None
+        numbers = [*values.values(), *[sigma[name] for name in imputed], score, smoothed]
+    else:
+        numbers = [*values.values(), score, smoothed]
+    numbers.append(threshold)
+    top = fields[11]
+    if not (
+        _FLOAT.issuperset(map(type, numbers))
+        and math.isfinite(sum(numbers))
+        and (not top or _STR.issuperset(map(type, top)))
+    ):
+        return None
+    return fields, numbers
 
 
 def encode_scored_dict(body: dict[str, Any]) -> bytes:
@@ -164,7 +240,12 @@ class ScoredTick:
         try:
             data = json.loads(raw)
         except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
-            raise SchemaError(f"scored tick is not JSON: {exc}") from exc
+            raise SchemaError(f"scored tick is not JSON: {exc}", "not_json") from exc
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ScoredTick:
+        """Build a tick from a decoded JSON value; raise SchemaError naming what is wrong."""
         if not isinstance(data, dict):
             raise SchemaError("scored tick is not a JSON object")
         version = data.get("schema")
@@ -237,7 +318,8 @@ def _check_names(tick: ScoredTick) -> None:
         for name in names:
             if unencodable(name):
                 raise SchemaError(
-                    f"bad_name: {where} {name!r} is not encodable as UTF-8 (a lone surrogate)"
+                    f"bad_name: {where} {name!r} is not encodable as UTF-8 (a lone surrogate)",
+                    "bad_name",
                 )
 
 

@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import json
 import math
-import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from edge.schema import SCHEMA_VERSION, ScoredTick, unencodable
+from edge.errors import SchemaError
+from edge.schema import ScoredTick, canonical_fields, unencodable
 from pipeline.errors import LineProtocolError
 
 READINGS = "readings"
@@ -112,13 +112,11 @@ def _tpl(text: bytes) -> bytes:
 
 _json_loads: Callable[[bytes], Any] = json.loads
 _json_dumps: Callable[[Any], bytes] | None = None
-_LOADS_FINITE = False  # json.loads reads NaN and Infinity; orjson refuses them
 try:  # orjson parses a record ~3x faster and formats floats ~9x faster than repr()
     import orjson
 
     _json_loads = orjson.loads
     _json_dumps = orjson.dumps
-    _LOADS_FINITE = True
 except ImportError:  # pragma: no cover - depends on the install
     pass
 
@@ -156,50 +154,6 @@ class Encoded(NamedTuple):
     ts_ms: int
     revision: int
     points: int = 1
-
-
-# Encoded(...) without NamedTuple's Python-level __new__ (a third of the cost, per record).
-_new_encoded = tuple.__new__
-
-_NUM = frozenset({float, int})
-_NUM_OR_NONE = frozenset({float, int, type(None)})
-_FLOAT = frozenset({float})
-_STR = frozenset({str})
-
-# The fields of a record as ScoredTick.to_dict writes it, and the types encode_json's fast path
-# takes without a closer look (numbers as floats, score and smoothed present).
-_FIELDS = (
-    "schema",
-    "site",
-    "device",
-    "ts_ms",
-    "values",
-    "imputed",
-    "sigma",
-    "score",
-    "smoothed",
-    "threshold",
-    "anomaly",
-    "top_channels",
-    "model",
-    "model_version",
-    "revision",
-    "warmup",
-    "received_ms",
-)
-_get_fields: Callable[[dict[str, Any]], tuple[Any, ...]] = operator.itemgetter(*_FIELDS)
-_CANONICAL_TYPES = frozenset(
-    (int, str, str, int, dict, list, dict, float, float, float, bool, list, str, str, int, bool, r)
-    for r in (int, type(None))
-)
-
-
-def _is_num(v: object) -> bool:
-    return type(v) is float or type(v) is int
-
-
-def _is_str_list(v: object) -> bool:
-    return type(v) is list and _STR.issuperset(map(type, v))
 
 
 class LineEncoder:
@@ -306,6 +260,9 @@ class LineEncoder:
 
     def encode(self, tick: ScoredTick) -> bytes:
         """The tick's line(s), newline-terminated; raise LineProtocolError if impossible."""
+        return self._format_tick(tick)[0]
+
+    def _format_tick(self, tick: ScoredTick) -> tuple[bytes, int]:
         return self._format(
             site=tick.site,
             device=tick.device,
@@ -322,12 +279,14 @@ class LineEncoder:
             model_version=tick.model_version,
             warmup=tick.warmup,
             top_channels=tick.top_channels,
-        )[0]
+        )
 
     def encode_json(self, raw: bytes) -> Encoded | None:
         """Format a raw scored-tick record, or None when it needs ``ScoredTick.decode``.
 
-        Raise LineProtocolError when the record is a valid tick InfluxDB cannot hold.
+        The record must be in the exact shape the agent writes (checked by the contract's own
+        :func:`edge.schema.canonical_fields`); anything else returns None and takes the strict
+        reader. Raise LineProtocolError when the record is a valid tick InfluxDB cannot hold.
         """
         try:
             d = _json_loads(raw)
@@ -335,38 +294,17 @@ class LineEncoder:
             return None
         if type(d) is not dict:
             return None
-        try:
-            fields = _get_fields(d)
-        except KeyError:
-            return self._encode_loose(d)
-        if tuple(map(type, fields)) not in _CANONICAL_TYPES:
-            return self._encode_loose(d)
-        (schema, site, device, ts, values, imputed, sigma, score, smoothed, threshold, anomaly) = (
-            fields[:11]
-        )
-        if not (schema == SCHEMA_VERSION and site and device):
-            return None
-        if sigma and not _NUM.issuperset(map(type, sigma.values())):
-            return None
-        if imputed:
-            if not (
-                _STR.issuperset(map(type, imputed))
-                and values.keys() >= set(imputed)
-                and sigma.keys() >= set(imputed)
-            ):
-                return self._encode_loose(d)
-            numbers = [*values.values(), *[sigma[name] for name in imputed], score, smoothed]
-        else:
-            numbers = [*values.values(), score, smoothed]
-        numbers.append(threshold)
-        top = fields[11]
-        if not (
-            _FLOAT.issuperset(map(type, numbers))
-            and (_LOADS_FINITE or math.isfinite(sum(numbers)))
-            and (not top or _STR.issuperset(map(type, top)))
-        ):
-            return self._encode_loose(d)
-        revision = fields[14]
+        checked = canonical_fields(d)
+        if checked is None:  # another shape (None values, no score, ...): the strict reader
+            try:
+                tick = ScoredTick.from_dict(d)
+            except SchemaError:
+                return None  # the caller's decode path dead-letters it, with the reason
+            lines, points = self._format_tick(tick)
+            return Encoded(lines, tick.site, tick.device, tick.ts_ms, tick.revision, points)
+        fields, numbers = checked
+        site, device, ts, values, imputed = fields[1], fields[2], fields[3], fields[4], fields[5]
+        anomaly, top, revision = fields[10], fields[11], fields[14]
         key = (
             site,
             device,
@@ -385,71 +323,12 @@ class LineEncoder:
         text = _json_dumps(numbers)[1:-1].split(b",") if _json_dumps else format_floats(numbers)
         line = tpl % tuple(text)
         if not (anomaly or revision > 0):
-            return _new_encoded(Encoded, (line, site, device, ts, revision, 1))
+            return Encoded(line, site, device, ts, revision, 1)
         shared = b"score=%s,smoothed=%s,threshold=%s," % (text[-4], text[-3], text[-2])
         fixed = self._fixed_fields(*key[4:])
         head = self._series_heads(site, device)[1]
         alarm = self._alarm(head, anomaly, shared + fixed[0], top, b" %s\n" % text[-1])
-        return _new_encoded(Encoded, (line + alarm, site, device, ts, revision, 2))
-
-    def _encode_loose(self, d: dict[str, Any]) -> Encoded | None:
-        """encode_json for records with optional fields left out or integral numbers."""
-        get: Callable[..., Any] = d.get
-        schema, site, device, ts = get("schema"), get("site"), get("device"), get("ts_ms")
-        values, imputed, sigma = get("values"), get("imputed"), get("sigma")
-        score, smoothed, threshold = get("score"), get("smoothed"), get("threshold")
-        anomaly, top, model, version = (
-            get("anomaly"),
-            get("top_channels"),
-            get("model"),
-            get("model_version"),
-        )
-        revision, warmup, received = get("revision", 0), get("warmup", False), get("received_ms")
-        if not (
-            type(schema) is int
-            and schema == SCHEMA_VERSION
-            and type(site) is str
-            and site
-            and type(device) is str
-            and device
-            and type(ts) is int
-            and type(values) is dict
-            and _NUM_OR_NONE.issuperset(map(type, values.values()))
-            and _is_str_list(imputed)
-            and (not imputed or values.keys() >= set(imputed))
-            and type(sigma) is dict
-            and _NUM.issuperset(map(type, sigma.values()))
-            and (score is None or _is_num(score))
-            and (smoothed is None or _is_num(smoothed))
-            and _is_num(threshold)
-            and type(anomaly) is bool
-            and _is_str_list(top)
-            and type(model) is str
-            and type(version) is str
-            and type(revision) is int
-            and type(warmup) is bool
-            and (received is None or type(received) is int)
-            and "score" in d
-        ):
-            return None
-        lines, points = self._format(
-            site=site,
-            device=device,
-            ts_ms=ts,
-            values=values,
-            imputed=imputed,
-            sigma=sigma,
-            score=score,
-            smoothed=smoothed,
-            threshold=threshold,
-            anomaly=anomaly,
-            revision=revision,
-            model=model,
-            model_version=version,
-            warmup=warmup,
-            top_channels=top,
-        )
-        return Encoded(lines, site, device, ts, revision, points)
+        return Encoded(line + alarm, site, device, ts, revision, 2)
 
     def _alarm(
         self, head: bytes, anomaly: bool, shared: bytes, top: Sequence[str], stamp: bytes

@@ -180,13 +180,6 @@ class _Batch:
     body: bytes = b""  # the units' lines joined, once the batch is handed off
 
 
-def _schema_reason(exc: SchemaError) -> str:
-    text = str(exc)
-    if text.startswith("bad_name:"):
-        return "bad_name"
-    return "not_json" if "not JSON" in text else "bad_schema"
-
-
 class Sink:
     """The consume loop. ``run()`` blocks until ``request_stop()`` (safe from a signal handler)."""
 
@@ -356,7 +349,7 @@ class Sink:
             tick = ScoredTick.decode(raw)
             lines = self._encoder.encode(tick)
         except SchemaError as exc:
-            self._dead(batch, tp, record, _schema_reason(exc), str(exc))
+            self._dead(batch, tp, record, exc.reason, str(exc))
             return None
         except LineProtocolError as exc:
             self._dead(batch, tp, record, exc.reason, str(exc))

@@ -21,7 +21,8 @@ Per device, :class:`DeviceScorer` keeps the last ``window`` ticks. For each new 
     ticks are not imputed any more (values NaN, nothing marked imputed);
   * warm-up: during the first ``warmup_ticks`` ticks no alarm is raised (``warmup=True``);
     after them the threshold is recalibrated on the warm-up's own smoothed scores (same target
-    rate, plus ``warmup_margin``), and with ``rescale`` the per-channel center/scale are first
+    rate, plus ``warmup_margin``), counting only ticks whose window was full (a cold start
+    with no history scores far above normal and must not set the threshold), and with ``rescale`` the per-channel center/scale are first
     re-estimated from the warm-up observations and the warm-up ticks re-scored through the
     ``runner`` given to ``finish``.
     ``rescale_scale_weight`` w in [0, 1] sets how far the scale moves:
@@ -40,7 +41,6 @@ is the batch twin: it drives a ``DeviceScorer`` over a whole series with batched
 from __future__ import annotations
 
 import logging
-import math
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -51,6 +51,7 @@ from numpy.typing import NDArray
 
 from edge.bundle import Manifest, ThresholdSpec
 from edge.errors import InputError
+from edge.nll import entry_nll, row_scores
 from edge.threshold import calibrate, ewma, ewma_step, hysteresis_step
 from edge.window import SlidingWindow
 
@@ -66,7 +67,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-LOG_2PI = math.log(2.0 * math.pi)
 _RESCORE_BATCH = 256
 
 Runner = Callable[[NDArray[np.float32], NDArray[np.float32]], tuple[NDArray[Any], NDArray[Any]]]
@@ -130,6 +130,7 @@ class _Pending:
     center: NDArray[np.float64]
     scale: NDArray[np.float64]
     silent_run: int  # consecutive fully silent ticks up to and including this one
+    full_window: bool = True  # ``window`` rows had been pushed (history and gaps count)
 
 
 def fit_scaling(
@@ -232,6 +233,8 @@ class DeviceScorer:
         self._warm_rows: list[NDArray[np.float64]] = []
         self._warm_real: list[bool] = []
         self._warm_smoothed: list[float] = []
+        self._warm_scores: list[float] = []  # raw scores of warm-up ticks with a full window
+        self._rows_pushed = 0
         if history is not None:
             hist_ts, hist_values = history
             for ts, row in zip(
@@ -273,7 +276,10 @@ class DeviceScorer:
         row = self._check_row(values)
         self._push(int(ts_ms), row, real=True)
         self._prepared += 1
-        self._pending.append(_Pending(int(ts_ms), row, self.center, self.scale, self._silent_run))
+        full = self._rows_pushed >= self._w
+        self._pending.append(
+            _Pending(int(ts_ms), row, self.center, self.scale, self._silent_run, full)
+        )
         return self._window.values.copy(), self.center, self.scale
 
     def finish(self, mean: NDArray[Any], logvar: NDArray[Any], runner: Runner) -> list[TickOutput]:
@@ -316,11 +322,13 @@ class DeviceScorer:
             gap = np.full(self._c, np.nan)
             for k in range(max(0, skipped - self._w), skipped):
                 self._window.push(self._last_ts + (k + 1) * self._tick_ms, gap)
+                self._rows_pushed += 1
                 if recording:
                     self._warm_rows.append(gap)
                     self._warm_real.append(False)
             self._silent_run += skipped
         self._window.push(ts_ms, row)
+        self._rows_pushed += 1
         self._last_ts = ts_ms
         self._silent_run = self._silent_run + 1 if np.isnan(row).all() else 0
         if recording:
@@ -336,6 +344,8 @@ class DeviceScorer:
         if warm:
             if score is not None and self._smoothed is not None:
                 self._warm_smoothed.append(self._smoothed)
+                if p.full_window:
+                    self._warm_scores.append(score)
         else:
             self._active = hysteresis_step(
                 self._active, self._smoothed, self.threshold.on, self.threshold.off
@@ -390,15 +400,24 @@ class DeviceScorer:
     def _end_warmup(self, runner: Runner) -> None:
         rows = np.array(self._warm_rows, dtype=np.float64).reshape(-1, self._c)
         real = np.array(self._warm_real, dtype=bool)
+        # Calibrate on ticks whose window was full: a cold start (no history, the window
+        # padded with missing rows) scores far above the device's normal and would set the
+        # threshold there. Their EWMA is recomputed from the first full-window tick on.
         smoothed = np.array(self._warm_smoothed, dtype=np.float64)
+        if self._warm_scores:
+            smoothed = ewma(np.array(self._warm_scores, np.float64), self.threshold.ewma_alpha)
         if self.rescale and real.any():
             self.center, scale = fit_scaling(rows[real], self.center, self.scale)
             weight = self.options.rescale_scale_weight
             self.scale = scale if weight == 1.0 else self.scale ** (1.0 - weight) * scale**weight
-            scores = self._rescore(rows, np.flatnonzero(real), runner)
+            idx = np.flatnonzero(real)
+            scores = self._rescore(rows, idx, runner)
+            full = idx >= self._w - 1  # rows[] starts with the history context, if any
             smoothed = ewma(scores, self.threshold.ewma_alpha)
             finite = smoothed[np.isfinite(smoothed)]
             self._smoothed = float(finite[-1]) if finite.size else None
+            if full.any():
+                smoothed = ewma(scores[full], self.threshold.ewma_alpha)
         try:
             self.threshold = calibrate(
                 smoothed,
@@ -417,6 +436,7 @@ class DeviceScorer:
             )
         self._active = False
         self._warm_rows, self._warm_real, self._warm_smoothed = [], [], []
+        self._warm_scores = []
 
     def _rescore(
         self, rows: NDArray[np.float64], idx: NDArray[np.intp], runner: Runner
@@ -431,7 +451,7 @@ class DeviceScorer:
             mean, logvar = runner(x, mask)
             for k, i in enumerate(chunk):
                 raw = rows[i]
-                observed, nll, _ = _entry_nll(
+                observed, nll, _ = entry_nll(
                     raw,
                     self.center,
                     self.scale,
@@ -457,26 +477,6 @@ class _Rows:
     bf_sigma: NDArray[np.float64]  # [B, C] their sigma
 
 
-def _row_scores(nll: NDArray[np.float64], observed: NDArray[np.bool_]) -> list[float | None]:
-    """Per row ``np.mean(nll[observed])`` (bit for bit), None where nothing was observed.
-
-    Rows are grouped by their number of observed entries ``n`` and each group is reduced as
-    an [rows, n] array, so numpy sums every row over exactly its observed entries in order,
-    with the same pairwise summation as the 1-D mean of one row.
-    """
-    counts = observed.sum(axis=1)
-    out: list[float | None] = [None] * len(counts)
-    for n in np.unique(counts).tolist():
-        if n == 0:
-            continue
-        rows = np.flatnonzero(counts == n)
-        compressed = nll[rows][observed[rows]].reshape(rows.size, n)
-        means = (np.add.reduce(compressed, axis=1) / n).tolist()
-        for r, m in zip(rows.tolist(), means, strict=True):
-            out[r] = m
-    return out
-
-
 def _top_channels(
     scorers: Sequence[DeviceScorer],
     observed: NDArray[np.bool_],
@@ -499,22 +499,6 @@ def _top_channels(
         chosen = [i for i in ranked if ok[i]][: s.options.top_k]
         out[r] = tuple(s.channels[i] for i in chosen)
     return out
-
-
-def _entry_nll(
-    raw: NDArray[np.float64],
-    center: NDArray[np.float64],
-    scale: NDArray[np.float64],
-    mean: NDArray[np.float64],
-    logvar: NDArray[np.float64],
-) -> tuple[NDArray[np.bool_], NDArray[np.float64], NDArray[np.float64]]:
-    """``(observed, nll, resid2)`` per entry of raw ticks ([C] or [B, C], NaN = missing) under
-    the model's scaled-unit Gaussian ``mean``/``logvar``; nll is NaN where not observed."""
-    observed = ~np.isnan(raw)
-    z = np.where(observed, (raw - center) / scale, 0.0)
-    resid2 = (z - mean) ** 2 * np.exp(-logvar)
-    nll = np.where(observed, 0.5 * (LOG_2PI + logvar + resid2), np.nan)
-    return observed, nll, resid2
 
 
 def finish_batch(
@@ -558,7 +542,7 @@ def finish_batch(
     scale = np.array([p.scale for p in pend])
     m_last = np.asarray(mean[:, -1], dtype=np.float64)
     lv_last = np.asarray(logvar[:, -1], dtype=np.float64)
-    observed, nll, resid2 = _entry_nll(raw, center, scale, m_last, lv_last)
+    observed, nll, resid2 = entry_nll(raw, center, scale, m_last, lv_last)
     values = np.where(observed, raw, m_last * scale + center)
     imputed = ~observed
     sigma = np.where(observed, np.nan, np.exp(lv_last / 2.0) * scale)
@@ -580,7 +564,7 @@ def finish_batch(
         imputed=imputed,
         sigma=sigma,
         nll=nll,
-        score=_row_scores(nll, observed),
+        score=row_scores(nll, observed),
         top=_top_channels(scorers, observed, resid2, nll),
         bf_values=bf_values,
         bf_sigma=bf_sigma,

@@ -391,3 +391,31 @@ def test_finish_batch_refuses_rows_without_a_prepared_tick() -> None:
     with pytest.raises(InputError, match="without a matching prepare"):
         finish_batch([scorer, scorer], mean, logvar, [model.run, model.run])
     assert len(finish_batch([scorer], mean[:1], logvar[:1], [model.run])[0]) == 1
+
+
+class ColdStartModel:
+    """Decodes z = 0 with unit variance, except far off while the window is not yet full
+    (a row with nothing observed): the cold start of a device with no history."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        self.manifest = manifest
+
+    def run(self, x: Any, mask: Any) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        cold = (np.asarray(mask).sum(axis=2) == 0).any(axis=1)  # [B]
+        mean = np.zeros_like(x) + 8.0 * cold[:, None, None]
+        return mean.astype(np.float32), np.zeros_like(x, dtype=np.float32)
+
+
+@pytest.mark.parametrize("rescale", [False, True])
+def test_warmup_calibration_ignores_cold_start_ticks(rescale: bool) -> None:
+    manifest = make_manifest(window=8, on=0.5, off=0.4, alpha=0.3)
+    ts, values = normal_series(120, seed=4)
+    model = ColdStartModel(manifest)
+    scorer = DeviceScorer(manifest, warmup_ticks=60, rescale=rescale)
+    outs = stream(scorer, model, ts, values)
+    cold = [o.score for o in outs[:7]]
+    warm = [o.score for o in outs[7:60]]
+    assert min(cold) > 10 * max(warm)  # the first 7 windows are not full: far-off scores
+    # the threshold comes from the device's normal scores, not from the cold start
+    assert scorer.threshold.on < 3 * max(warm)
+    assert np.mean([o.anomaly for o in outs[60:]]) < 0.25

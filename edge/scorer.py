@@ -22,9 +22,9 @@ Per device, :class:`DeviceScorer` keeps the last ``window`` ticks. For each new 
   * warm-up: during the first ``warmup_ticks`` ticks no alarm is raised (``warmup=True``);
     after them the threshold is recalibrated on the warm-up's own smoothed scores (same target
     rate, plus ``warmup_margin``), counting only ticks whose window was full (a cold start
-    with no history scores far above normal and must not set the threshold), and with ``rescale`` the per-channel center/scale are first
-    re-estimated from the warm-up observations and the warm-up ticks re-scored through the
-    ``runner`` given to ``finish``.
+    with no history scores far above normal and must not set the threshold), and with
+    ``rescale`` the per-channel center/scale are first re-estimated from the warm-up
+    observations and the warm-up ticks re-scored through the ``runner`` given to ``finish``.
     ``rescale_scale_weight`` w in [0, 1] sets how far the scale moves:
     ``bundle_scale ** (1 - w) * warmup_scale ** w`` (1: the warm-up's own spread, 0: the
     bundle's; a short warm-up under-estimates a device's normal spread).

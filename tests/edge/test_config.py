@@ -176,3 +176,16 @@ def test_a_bad_environment_value_names_its_variable() -> None:
     assert "mqtt.port (from GAPWATCH_AGENT__MQTT__PORT): expected an integer" in msg
     assert "mqtt.protcol: unknown key (from GAPWATCH_AGENT__MQTT__PROTCOL)" in msg
     assert "did you mean 'protocol'?" in msg
+
+
+def test_receive_maximum_and_overload_lag_are_checked(tmp_path: Path) -> None:
+    env = {
+        "GAPWATCH_AGENT__MQTT__RECEIVE_MAXIMUM": "0",
+        "GAPWATCH_AGENT__MQTT__OVERLOAD_LAG_S": "0",
+    }
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, MINIMAL), env=env)
+    assert "mqtt.receive_maximum 0 must be in 1..65535" in str(err.value)
+    assert "mqtt.overload_lag_s must be > 0" in str(err.value)
+    env = {"GAPWATCH_AGENT__MQTT__RECEIVE_MAXIMUM": "250"}
+    assert load_config(write(tmp_path, MINIMAL), env=env).mqtt.flow_window == 250

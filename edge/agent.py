@@ -488,6 +488,7 @@ class Agent:
         sample, event = self._intake.observe(now_ms, mono, depth, oldest, peak)
         if self._metrics:
             self._metrics.intake.update(sample, self._intake.high_water)
+            self._metrics.intake.refused.set(int(getattr(src, "dropped", 0)))
             if event is not None and event.kind == "overloaded" and event.duration_s == 0:
                 self._metrics.intake.overloads.inc()
         if event is not None:

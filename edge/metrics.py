@@ -110,6 +110,12 @@ class IntakeMetrics:
             f"{ns}_overloaded", "1 while intake is overloaded (saturated or lagging)", registry=r
         )
         self.overloads = Counter(f"{ns}_overloads", "overload episodes begun", registry=r)
+        self.refused = Gauge(
+            f"{ns}_refused_messages",
+            "messages refused by the full buffer (mqtt.queue_max) after 5 s without a poll: "
+            "not acknowledged, the broker redelivers them after the next reconnect",
+            registry=r,
+        )
         self.gaps = Counter(
             f"{ns}_gaps",
             "device ticks with no reading: kind=missing (closed empty, imputed), "

@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 from edge.bundle import read_manifest
+from edge.mqtt_source import MqttSource
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -132,3 +133,45 @@ def test_a_burst_beyond_the_agent_shows_as_overload_stays_bounded_and_drains(
     assert over[0]["ts"] < back[-1]["ts"]
     assert back[-1]["worst_behind"] >= 1
     assert agent.stop() == 0, agent.log_text()
+
+
+def test_the_broker_holds_back_beyond_the_receive_maximum_until_the_agent_acks(
+    mqtt_addr: tuple[str, int], unique_name: str
+) -> None:
+    """The real MqttSource's CONNECT: with nothing acknowledged, Mosquitto sends one window."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from edge.config import MqttConfig
+    from edge.ports import SystemClock
+
+    host, port = mqtt_addr
+    config = MqttConfig(
+        host=host, port=port, receive_maximum=10, queue_max=100, status_topic="", session_expiry_s=0
+    )
+    src = MqttSource(config, unique_name, [f"{unique_name}/#"], SystemClock())
+    src.start()
+    pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{unique_name}-pub")
+    try:
+        deadline = time.monotonic() + 20
+        while not src.subscribed and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert src.subscribed
+        pub.connect(host, port)
+        pub.loop_start()
+        for i in range(50):
+            info = pub.publish(f"{unique_name}/lab/d", str(i), qos=1)
+        info.wait_for_publish(10)
+        time.sleep(1.0)  # what the broker would send, it has sent
+        assert src.depth == 10  # one window, the other 40 wait at the broker
+        got = src.poll(100, 0)
+        assert [m.payload for m in got] == [str(i).encode() for i in range(10)]
+        src.ack(got)
+        deadline = time.monotonic() + 10
+        while src.depth < 10 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [m.payload for m in src.poll(100, 0.5)][:1] == [b"10"]  # in order, none lost
+    finally:
+        pub.loop_stop()
+        pub.disconnect()
+        src.stop()

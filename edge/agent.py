@@ -228,6 +228,7 @@ class Agent:
             "mqtt_connected": self._source.connected,
             "mqtt_subscribed": bool(getattr(self._source, "subscribed", self._source.connected)),
             "intake_paused": self._paused,
+            "intake_overloaded": self._intake.overloaded,  # edge.intake; does not fail health
             "spool_disk_full": self._disk_full,
             "devices": len(self._devices),
             "models": {n: b.manifest.version for n, b in self._watcher.current.items()},

@@ -105,6 +105,7 @@ def test_agent_reports_overload_from_the_flow_window_and_its_recovery(
     assert h.metric("gapwatch_agent_intake_flow_window_messages") == 100
     assert h.metric("gapwatch_agent_intake_queue_high_water_messages") == 150
     assert h.metric("gapwatch_agent_intake_queue_messages") == 0
+    assert h.agent.health()[1]["intake_overloaded"] is True
     assert h.metric("gapwatch_agent_intake_rate") > 0
     over = [r for r in caplog.records if r.getMessage() == "mqtt.overloaded"]
     assert len(over) == 1 and vars(over[0])["messages_behind"] == 150
@@ -113,6 +114,7 @@ def test_agent_reports_overload_from_the_flow_window_and_its_recovery(
         h.clock.advance(1000)
         h.pump(1)
     assert h.metric("gapwatch_agent_intake_overloaded") == 0
+    assert h.agent.health()[1]["intake_overloaded"] is False
     back = [r for r in caplog.records if r.getMessage() == "mqtt.recovered"]
     assert len(back) == 1 and vars(back[0])["worst_behind"] == 150
     assert h.metric("gapwatch_agent_intake_overloads_total") == 1

@@ -35,6 +35,7 @@ from edge.decode import Limits, TopicTemplate, decode_message, parse_ts
 from edge.devices import Device, DeviceTable, same_grid
 from edge.errors import PayloadError, SpoolDiskFull, TransportError
 from edge.forward import Forwarder
+from edge.intake import IntakeEvent, IntakeMonitor
 from edge.metrics import AgentMetrics
 from edge.microbatch import MicroBatch, Prepared
 from edge.ports import Clock, InMessage, MessageSource
@@ -110,6 +111,10 @@ class Agent:
         self._disk_retry_at = 0.0
         self._pending: list[InMessage] = []  # taken from MQTT, not journaled yet (disk full)
         self._bad_logged: dict[str, tuple[float, int]] = {}
+        mq = config.mqtt
+        self._intake = IntakeMonitor(mq.flow_window, mq.overload_lag_s, start_s=now)
+        self._newest_ts: int | None = None  # newest reading stamp processed (publisher time)
+        self._last_intake = now
         self.heartbeat = now
         self._in_use: dict[str, Bundle] = {}
         self._emitted = [0, 0, 0, 0]
@@ -184,6 +189,7 @@ class Agent:
                     m.topic, m.payload, m.received_ms, rid, restoring=False, arrival=m.received_ms
                 )
             self._processed_up_to = ids[-1]
+            self._intake.processed(len(msgs), self._newest_ts)
         now_ms = self._clock.now_ms()
         if now_ms - self._last_advance_ms >= _ADVANCE_EVERY_MS:
             self._last_advance_ms = now_ms
@@ -231,6 +237,7 @@ class Agent:
             "mqtt_connected": self._source.connected,
             "mqtt_subscribed": bool(getattr(self._source, "subscribed", self._source.connected)),
             "intake_paused": self._paused,
+            "intake_overloaded": self._intake.overloaded,  # edge.intake; does not fail health
             "spool_disk_full": self._disk_full,
             "devices": len(self._devices),
             "models": {n: b.manifest.version for n, b in self._watcher.current.items()},
@@ -294,6 +301,8 @@ class Agent:
             if not restoring:
                 self._dead_letter(exc.reason, exc.detail, topic, payload, received_ms)
             return
+        if not restoring and (self._newest_ts is None or reading.ts_ms > self._newest_ts):
+            self._newest_ts = reading.ts_ms
         dev = self._devices.get(reading.site, reading.device)
         if dev is None:
             if not restoring:
@@ -335,6 +344,15 @@ class Agent:
             )
             if self._metrics:
                 self._metrics.transitions.labels(t.kind).inc()
+                silent = t.silent_ticks - dev.aligner.max_gap_ticks  # the rest were imputed
+                if t.kind == "online" and silent > 0:
+                    self._metrics.intake.gaps.labels("silent").inc(silent)
+        if (
+            self._metrics
+            and result.ticks
+            and (empty := sum(t.received_ms is None for t in result.ticks))
+        ):
+            self._metrics.intake.gaps.labels("missing").inc(empty)
         for tick in result.ticks:
             rule = dev.rule
             if rule.rescale and dev.finished < rule.warmup_ticks <= dev.prepared:
@@ -480,6 +498,9 @@ class Agent:
         if mono - self._last_bundle_check >= self.config.bundles.poll_s:
             self._last_bundle_check = mono
             self._apply_reload(self._watcher.check())
+        if mono - self._last_intake >= _STATS_EVERY_S:
+            self._last_intake = mono
+            self._check_intake(mono)
         if self._metrics and mono - self._last_stats >= _STATS_EVERY_S:
             self._last_stats = mono
             stats = self._spool.stats()
@@ -500,6 +521,23 @@ class Agent:
             arrivals = [a for d in self._devices if (a := d.aligner.last_arrival_ms) is not None]
             if arrivals:
                 m.last_message_age.set(max(0.0, (self._clock.now_ms() - min(arrivals)) / 1000))
+
+    def _check_intake(self, mono: float) -> None:
+        """Intake lag and overload (edge.intake): metrics, and a log line when it changes."""
+        src: Any = self._source
+        depth = int(getattr(src, "depth", 0)) + len(self._pending)
+        oldest = self._pending[0].received_ms if self._pending else None
+        oldest = oldest if oldest is not None else getattr(src, "oldest_received_ms", None)
+        peak = src.take_peak() if hasattr(src, "take_peak") else None
+        now_ms = self._clock.now_ms()
+        sample, event = self._intake.observe(now_ms, mono, depth, oldest, peak)
+        if self._metrics:
+            self._metrics.intake.update(sample, self._intake.high_water)
+            self._metrics.intake.refused.set(int(getattr(src, "dropped", 0)))
+            if event is not None and event.kind == "overloaded" and event.duration_s == 0:
+                self._metrics.intake.overloads.inc()
+        if event is not None:
+            _log_intake(event)
 
     def _apply_reload(self, events: list[ReloadEvent]) -> None:
         for ev in events:
@@ -531,3 +569,22 @@ class Agent:
             except KeyError:
                 log.debug("agent.model_info_missing")
         self._metrics.model_info.labels(new.manifest.name, new.manifest.version).set(1)
+
+
+def _log_intake(event: IntakeEvent) -> None:
+    s = event.sample
+    fields: dict[str, Any] = {
+        "messages_behind": s.messages_behind,
+        "broker_holding_back": s.saturated,
+        "oldest_age_s": round(s.oldest_age_s, 3),
+        "behind_s": None if s.behind_s is None else round(s.behind_s, 3),
+        "rate_per_s": round(s.rate, 1),
+        "drain_s": None if s.drain_s is None else round(s.drain_s, 3),
+        "flow_window": s.window,
+        "duration_s": round(event.duration_s, 1),
+    }
+    if event.kind == "overloaded":
+        log.warning("mqtt.overloaded", extra=fields)
+    else:
+        fields.update(worst_behind=event.worst_behind, worst_age_s=round(event.worst_age_s, 3))
+        log.info("mqtt.recovered", extra=fields)

@@ -80,8 +80,20 @@ class MqttConfig:
     max_payload_bytes: int = 65536
     announce_topic: str = ""  # retained model announcements, e.g. "gapwatch/models/+"
     queue_max: int = 20000  # messages buffered between the network thread and the loop
+    # MQTT 5 flow control: at most this many unacknowledged messages in flight to the agent (the
+    # CONNECT Receive Maximum, capped at queue_max); the broker queues the rest for our session
+    receive_maximum: int = 1000
+    overload_lag_s: float = 2.0  # a message waiting this long unprocessed: intake is overloaded
     # retained "online" while connected, "offline" on a clean stop and as the last will; "" = off
     status_topic: str = "gapwatch/agents/{client_id}/status"
+
+    @property
+    def flow_window(self) -> int:
+        """Most messages the agent can hold received but unprocessed: the Receive Maximum
+        (MQTT 5, capped at ``queue_max``) or, under MQTT 3.1.1, ``queue_max``."""
+        if self.protocol == "5":
+            return min(self.receive_maximum, self.queue_max)
+        return self.queue_max
 
 
 @dataclass(frozen=True)
@@ -271,6 +283,11 @@ def _check(c: AgentConfig) -> list[str]:
     )
     need(c.mqtt.max_payload_bytes >= 64, "mqtt.max_payload_bytes must be >= 64")
     need(c.mqtt.queue_max >= 100, "mqtt.queue_max must be >= 100")
+    need(
+        1 <= c.mqtt.receive_maximum <= 65535,
+        f"mqtt.receive_maximum {c.mqtt.receive_maximum} must be in 1..65535",
+    )
+    need(c.mqtt.overload_lag_s > 0, "mqtt.overload_lag_s must be > 0")
     need(
         not (c.mqtt.password and c.mqtt.password_file),
         "mqtt.password and mqtt.password_file are both set: keep one",

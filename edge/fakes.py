@@ -12,8 +12,8 @@ producer does), and answers :meth:`FakeSink.find_sent` from what it holds, like 
 
 from __future__ import annotations
 
-import queue
 import threading
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -58,7 +58,8 @@ class FakeSource:
 
     def __init__(self, clock: FakeClock | None = None) -> None:
         self._clock = clock or FakeClock()
-        self._queue: queue.SimpleQueue[InMessage] = queue.SimpleQueue()
+        self._queue: deque[InMessage] = deque()
+        self._peak = 0
         self._next = 0
         self.acked: list[InMessage] = []
         self.started = False
@@ -69,26 +70,32 @@ class FakeSource:
         data = payload.encode() if isinstance(payload, str) else payload
         self._next += 1
         when = self._clock.now_ms() if received_ms is None else received_ms
-        self._queue.put(InMessage(topic, data, when, self._next))
+        self._queue.append(InMessage(topic, data, when, self._next))
+        self._peak = max(self._peak, len(self._queue))
 
     def start(self) -> None:
         self.started = True
 
     def poll(self, max_messages: int, timeout_s: float) -> list[InMessage]:
-        out: list[InMessage] = []
-        while len(out) < max_messages:
-            try:
-                out.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
-        return out
+        q = self._queue
+        return [q.popleft() for _ in range(min(max_messages, len(q)))]
 
     def ack(self, messages: Sequence[InMessage]) -> None:
         self.acked.extend(messages)
 
     @property
     def pending(self) -> int:
-        return self._queue.qsize()
+        return len(self._queue)
+
+    depth = pending  # the name MqttSource gives it
+
+    @property
+    def oldest_received_ms(self) -> int | None:
+        return self._queue[0].received_ms if self._queue else None
+
+    def take_peak(self) -> int:
+        peak, self._peak = self._peak, len(self._queue)
+        return max(peak, self._peak)
 
     @property
     def connected(self) -> bool:

@@ -23,8 +23,15 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from edge.errors import ConfigError
+from edge.intake import IntakeSample
 
-__all__ = ["AgentMetrics", "MetricsServer", "build_versions", "register_runtime_collectors"]
+__all__ = [
+    "AgentMetrics",
+    "IntakeMetrics",
+    "MetricsServer",
+    "build_versions",
+    "register_runtime_collectors",
+]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +72,75 @@ def build_versions() -> dict[str, str]:
     }
 
 
+class IntakeMetrics:
+    """Intake lag, overload and arrival gaps (``gapwatch_agent_intake_*``); see edge.intake."""
+
+    def __init__(self, registry: CollectorRegistry, ns: str = "gapwatch_agent_intake") -> None:
+        r = registry
+        self.queue = Gauge(
+            f"{ns}_queue_messages", "messages received, not yet processed", registry=r
+        )
+        self.high_water = Gauge(
+            f"{ns}_queue_high_water_messages",
+            "most messages ever held received and unprocessed (bounded by the flow window)",
+            registry=r,
+        )
+        self.window = Gauge(
+            f"{ns}_flow_window_messages",
+            "most messages in flight to the agent: MQTT 5 receive maximum (else mqtt.queue_max)",
+            registry=r,
+        )
+        self.oldest_age = Gauge(
+            f"{ns}_oldest_age_seconds", "age of the oldest message not yet processed", registry=r
+        )
+        self.behind = Gauge(
+            f"{ns}_behind_seconds",
+            "now - newest reading timestamp processed (max over devices; needs real-time clocks)",
+            registry=r,
+        )
+        self.rate = Gauge(f"{ns}_rate", "messages processed per second, recently", registry=r)
+        self.drain = Gauge(
+            f"{ns}_drain_seconds",
+            "unprocessed messages / processing rate (a lower bound while saturated)",
+            registry=r,
+        )
+        self.saturated = Gauge(
+            f"{ns}_saturated", "1 while the flow window is full: the broker holds back", registry=r
+        )
+        self.overloaded = Gauge(
+            f"{ns}_overloaded", "1 while intake is overloaded (saturated or lagging)", registry=r
+        )
+        self.overloads = Counter(f"{ns}_overloads", "overload episodes begun", registry=r)
+        self.refused = Gauge(
+            f"{ns}_refused_messages",
+            "messages refused by the full buffer (mqtt.queue_max) after 5 s without a poll: "
+            "not acknowledged, the broker redelivers them after the next reconnect",
+            registry=r,
+        )
+        self.gaps = Counter(
+            f"{ns}_gaps",
+            "device ticks with no reading: kind=missing (closed empty, imputed), "
+            "kind=silent (the rest of a silent stretch, not imputed; counted once the device "
+            "is back)",
+            ["kind"],
+            registry=r,
+        )
+        for kind in ("missing", "silent"):
+            self.gaps.labels(kind)
+
+    def update(self, s: IntakeSample, high_water: int) -> None:
+        self.queue.set(s.depth)
+        self.high_water.set(high_water)
+        self.window.set(s.window)
+        self.oldest_age.set(s.oldest_age_s)
+        if s.behind_s is not None:
+            self.behind.set(s.behind_s)
+        self.rate.set(s.rate)
+        self.drain.set(-1 if s.drain_s is None else s.drain_s)
+        self.saturated.set(1 if s.saturated else 0)
+        self.overloaded.set(1 if s.overloaded else 0)
+
+
 class AgentMetrics:
     """Every metric the agent exports, registered on ``registry``."""
 
@@ -74,6 +150,7 @@ class AgentMetrics:
         r = registry
         self.registry = registry
         register_runtime_collectors(r)
+        self.intake = IntakeMetrics(r)
         build = build_versions()
         self.build_info = Gauge(
             f"{ns}_build_info",

@@ -15,6 +15,15 @@
 
 paho's network thread only appends messages to a bounded buffer (a deque: no lock per
 message); the agent thread polls it in batches.
+
+Flow control (MQTT 5): the CONNECT carries a Receive Maximum of ``mqtt.receive_maximum``
+(capped at ``queue_max``, see :attr:`MqttConfig.flow_window`). A message counts against it
+until the agent acknowledges it (after journaling), so the broker never has more than that
+many in flight to us: the buffer cannot overflow and a burst waits in the broker's queue for
+our session (Mosquitto: up to ``max_queued_messages`` *above* the in-flight ones). Under
+MQTT 3.1.1 the broker's ``max_inflight_messages`` applies instead and a full buffer blocks the
+network thread (TCP back-pressure), then drops unacknowledged (redelivered on reconnect).
+:attr:`depth`, :attr:`oldest_received_ms` and :meth:`take_peak` feed the intake-lag metrics.
 """
 
 from __future__ import annotations
@@ -68,6 +77,8 @@ class MqttSource:
         self._clock = clock
         self._buffer: deque[InMessage] = deque()
         self._max = config.queue_max
+        self.flow_window = config.flow_window
+        self._peak = 0  # largest buffer depth since the last take_peak()
         self._ready = threading.Event()  # set when the buffer may hold messages
         self._space = threading.Event()  # set when the buffer may have room
         self._generation = 0
@@ -125,7 +136,7 @@ class MqttSource:
         if v5:
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = c.session_expiry_s
-            props.ReceiveMaximum = 1000
+            props.ReceiveMaximum = self.flow_window
             client.connect_async(
                 c.host, c.port, keepalive=c.keepalive_s, clean_start=False, properties=props
             )
@@ -140,6 +151,7 @@ class MqttSource:
                 "port": c.port,
                 "client_id": self._client_id,
                 "protocol": c.protocol,
+                "flow_window": self.flow_window,
             },
         )
 
@@ -182,6 +194,24 @@ class MqttSource:
     @property
     def connected(self) -> bool:
         return self._connected
+
+    @property
+    def depth(self) -> int:
+        """Messages received and not yet polled by the agent."""
+        return len(self._buffer)
+
+    @property
+    def oldest_received_ms(self) -> int | None:
+        """Arrival time of the oldest message not yet polled (None when the buffer is empty)."""
+        try:
+            return self._buffer[0].received_ms
+        except IndexError:
+            return None
+
+    def take_peak(self) -> int:
+        """The largest buffer depth since the previous call (at least the current depth)."""
+        peak, self._peak = self._peak, len(self._buffer)
+        return max(peak, self._peak)
 
     @property
     def subscribed(self) -> bool:
@@ -272,6 +302,7 @@ class MqttSource:
             log.warning("mqtt.queue_full", extra={"topic": msg.topic, "dropped": self.dropped})
             return
         buf.append(item)
+        self._peak = max(self._peak, len(buf))
         if not self._ready.is_set():
             self._ready.set()
 

@@ -191,3 +191,16 @@ def test_kafka_topics_dead_letter_size_and_stuck_bound_are_checked(tmp_path: Pat
     assert "kafka.stuck_after_s 0.0 must be > 0 seconds" in msg
     config = load_config(write(tmp_path, MINIMAL), env={})
     assert (config.kafka.deadletter_raw_max_bytes, config.kafka.stuck_after_s) == (16384, 120.0)
+
+
+def test_receive_maximum_and_overload_lag_are_checked(tmp_path: Path) -> None:
+    env = {
+        "GAPWATCH_AGENT__MQTT__RECEIVE_MAXIMUM": "0",
+        "GAPWATCH_AGENT__MQTT__OVERLOAD_LAG_S": "0",
+    }
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, MINIMAL), env=env)
+    assert "mqtt.receive_maximum 0 must be in 1..65535" in str(err.value)
+    assert "mqtt.overload_lag_s must be > 0" in str(err.value)
+    env = {"GAPWATCH_AGENT__MQTT__RECEIVE_MAXIMUM": "250"}
+    assert load_config(write(tmp_path, MINIMAL), env=env).mqtt.flow_window == 250

@@ -95,3 +95,61 @@ def test_a_full_buffer_blocks_the_network_thread_then_drops_unacknowledged(
     t.join(5.0)
     assert result and src.dropped == 1
     assert [m.payload for m in src.poll(10, 0)] == [b"2", b"4"]
+
+
+class ConnectRecorder:
+    """Stands in for paho's Client in start(): records the CONNECT arguments."""
+
+    last: ConnectRecorder | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.kwargs = kwargs
+        self.connect: dict[str, Any] = {}
+        ConnectRecorder.last = self
+
+    def reconnect_delay_set(self, *args: Any) -> None: ...
+
+    def will_set(self, *args: Any, **kwargs: Any) -> None: ...
+
+    def connect_async(self, host: str, port: int, **kwargs: Any) -> None:
+        self.connect = kwargs
+
+    def loop_start(self) -> None: ...
+
+
+@pytest.mark.parametrize(
+    ("receive_maximum", "queue_max", "sent"), [(1000, 20000, 1000), (500, 100, 100)]
+)
+def test_mqtt5_connect_carries_a_receive_maximum_tied_to_the_queue_bound(
+    monkeypatch: pytest.MonkeyPatch, receive_maximum: int, queue_max: int, sent: int
+) -> None:
+    import paho.mqtt.client
+
+    monkeypatch.setattr(paho.mqtt.client, "Client", ConnectRecorder)
+    config = MqttConfig(receive_maximum=receive_maximum, queue_max=queue_max)
+    src = MqttSource(config, "cid", ["sensors/+/+"], FakeClock())
+    src.start()
+    rec = ConnectRecorder.last
+    assert rec is not None and rec.kwargs["protocol"] == paho.mqtt.client.MQTTv5
+    props = rec.connect["properties"]
+    assert props.ReceiveMaximum == sent == src.flow_window
+    assert rec.connect["clean_start"] is False
+
+
+def test_mqtt311_has_no_receive_maximum_and_is_bounded_by_the_queue() -> None:
+    assert MqttConfig(protocol="3.1.1", receive_maximum=10, queue_max=300).flow_window == 300
+
+
+def test_depth_oldest_and_peak_describe_the_unpolled_buffer() -> None:
+    clock = FakeClock()
+    src = MqttSource(MqttConfig(), "cid", ["sensors/+/+"], clock)
+    assert (src.depth, src.oldest_received_ms, src.take_peak()) == (0, None, 0)
+    first = clock.now_ms()
+    deliver(src, 5)
+    clock.advance(1000)
+    deliver(src, 3, start=6)
+    assert (src.depth, src.oldest_received_ms) == (8, first)
+    src.poll(6, 0)
+    assert src.depth == 2 and src.oldest_received_ms == first + 1000
+    assert src.take_peak() == 8  # the high point since the last call ...
+    assert src.take_peak() == 2  # ... then it restarts from the current depth

@@ -21,7 +21,7 @@ import fnmatch
 import os
 import re
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -247,7 +247,6 @@ def load_config(
     return config
 
 
-# size: one range or consistency check per config field, a flat list with no logic to split
 def _check(c: AgentConfig) -> list[str]:
     """Range and consistency checks, each naming the field and the fix."""
     p: list[str] = []
@@ -256,6 +255,13 @@ def _check(c: AgentConfig) -> list[str]:
         if not ok:
             p.append(msg)
 
+    for section in (_check_mqtt, _check_kafka, _check_local, _check_alerts):
+        section(c, need, p)
+    return p
+
+
+def _check_mqtt(c: AgentConfig, need: Callable[[bool, str], None], p: list[str]) -> None:
+    """[mqtt]: ports, topics, flow control, reconnects."""
     need(0 < c.mqtt.port < 65536, f"mqtt.port {c.mqtt.port} must be in 1..65535")
     need(
         c.mqtt.protocol in {"5", "3.1.1"}, f'mqtt.protocol {c.mqtt.protocol!r}: use "5" or "3.1.1"'
@@ -292,6 +298,10 @@ def _check(c: AgentConfig) -> list[str]:
         not (c.mqtt.password and c.mqtt.password_file),
         "mqtt.password and mqtt.password_file are both set: keep one",
     )
+
+
+def _check_kafka(c: AgentConfig, need: Callable[[bool, str], None], p: list[str]) -> None:
+    """[kafka]: brokers, topics, size limits, delivery timeouts."""
     need(
         not (c.kafka.sasl_password and c.kafka.sasl_password_file),
         "kafka.sasl_password and kafka.sasl_password_file are both set: keep one",
@@ -333,6 +343,10 @@ def _check(c: AgentConfig) -> list[str]:
         c.kafka.delivery_timeout_ms >= c.kafka.request_timeout_ms + c.kafka.linger_ms,
         "kafka.delivery_timeout_ms must be >= request_timeout_ms + linger_ms",
     )
+
+
+def _check_local(c: AgentConfig, need: Callable[[bool, str], None], p: list[str]) -> None:
+    """[spool], [align], [inference], [bundles], [[devices]], metrics and logging."""
     need(
         c.spool.when_full in {"pause", "drop_oldest"},
         f'spool.when_full {c.spool.when_full!r}: use "pause" or "drop_oldest"',
@@ -374,6 +388,10 @@ def _check(c: AgentConfig) -> list[str]:
         f"log_level {c.log_level!r}: use DEBUG, INFO, WARNING or ERROR",
     )
     need(c.shutdown_timeout_s >= 0, "shutdown_timeout_s must be >= 0")
+
+
+def _check_alerts(c: AgentConfig, need: Callable[[bool, str], None], p: list[str]) -> None:
+    """[alerts]: the webhook."""
     a = c.alerts
     need(
         not a.url or a.url.startswith(("http://", "https://")),
@@ -391,4 +409,3 @@ def _check(c: AgentConfig) -> list[str]:
         not a.auth_env or bool(a.auth_header),
         "alerts.auth_env is set but alerts.auth_header is empty: name the header",
     )
-    return p

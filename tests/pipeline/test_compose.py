@@ -267,3 +267,18 @@ def test_systemd_units_run_the_right_command(unit: str) -> None:
     assert service["User"] == "gapwatch"
     assert service["Restart"] == "on-failure"
     assert parser["Install"]["WantedBy"] == "multi-user.target"
+
+
+def test_the_agent_container_logs_in_as_the_acl_agent_user(generated: Path) -> None:
+    from edge.config import load_config as load_agent_config
+
+    agent = compose()["services"]["agent"]
+    mounted = {m.split(":")[1]: m.split(":")[0] for m in agent["volumes"]}
+    config_file = COMPOSE_DIR / mounted[agent["command"][3]]
+    cfg = load_agent_config(config_file, service_env(agent, generated))
+    assert cfg.mqtt.username == "gapwatch-agent"  # the user deploy/mosquitto/acl lets read sensors
+    assert cfg.mqtt.password == env_file("secrets/values.env", generated)["MQTT_AGENT_PASSWORD"]
+    assert cfg.mqtt.announce_topic == "gapwatch/models/+"
+    assert cfg.metrics.host == "127.0.0.1"
+    acl = (REPO / "deploy" / "mosquitto" / "acl").read_text()
+    assert "user gapwatch-agent\ntopic read sensors/#\ntopic read gapwatch/models/#" in acl

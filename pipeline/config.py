@@ -96,7 +96,7 @@ class RetrySettings:
 
 @dataclass(frozen=True)
 class MetricsSettings:
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"  # this machine only; "0.0.0.0" for a Prometheus elsewhere
     port: int = 9109  # 0 = no metrics endpoint (the agent uses 9108)
     lag_interval_s: float = 5.0  # how often to ask Kafka for end offsets (consumer lag, health)
     stale_after_s: float = 60.0  # /healthz: 503 when the consume loop has not polled for this long

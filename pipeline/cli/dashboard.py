@@ -21,6 +21,7 @@ from types import FrameType
 from edge import settings
 from edge.errors import ConfigError as EdgeConfigError
 from edge.logs import LOG_FORMATS, configure_logging
+from pipeline.dashboard.access import Access, host_name, is_loopback
 from pipeline.dashboard.api import MAX_POINTS_CAP, DashboardApi
 from pipeline.dashboard.influx_source import InfluxSource
 from pipeline.dashboard.server import DashboardServer
@@ -35,15 +36,24 @@ ENV_PREFIX = "GAPWATCH_DASHBOARD__"
 EPILOG = """\
 configuration, later ones win: defaults, a TOML file (--config), the environment
 GAPWATCH_DASHBOARD__<KEY> (the grammar of the agent and the sink: string values verbatim), flags.
-Keys: influx_url, database, username, password, token, host, port, max_points, refresh_s,
-log_level, log_format; e.g. GAPWATCH_DASHBOARD__INFLUX_URL=http://influx:8086,
-GAPWATCH_DASHBOARD__PASSWORD (keep secrets out of flags: they show up in ps).
+Keys: influx_url, database, username, password, token, host, port, auth_token,
+allow_anonymous, allowed_hosts, max_points, refresh_s, log_level, log_format; e.g.
+GAPWATCH_DASHBOARD__INFLUX_URL=http://influx:8086, GAPWATCH_DASHBOARD__PASSWORD (keep secrets
+out of flags: they show up in ps). token/password are InfluxDB's; auth_token is the page's own.
+
+access: a request whose Host header is not localhost, 127.0.0.1, ::1, the bind address or one
+of allowed_hosts gets 421 (DNS rebinding). With auth_token (GAPWATCH_DASHBOARD__AUTH_TOKEN) every
+request needs it: open the page once as /?token=<token> (a cookie keeps it), or send
+Authorization: Bearer <token>, or Basic auth with the token as the password. A host other than
+loopback without auth_token is refused at start unless allow_anonymous = true.
 
 examples:
   # the local stack (deploy/local/stack up) and the database the sink writes
   gapwatch dashboard --influx http://127.0.0.1:18086 --db gapwatch
-  # share it on the LAN (read-only page, no login: only on a trusted network)
-  GAPWATCH_DASHBOARD__HOST=0.0.0.0 gapwatch dashboard --db gapwatch
+  # share it on the LAN, behind a token, reached as http://gw-7.plant.lan:8050/?token=...
+  export GAPWATCH_DASHBOARD__AUTH_TOKEN="$(cat /etc/gapwatch/dashboard.token)"
+  GAPWATCH_DASHBOARD__HOST=0.0.0.0 GAPWATCH_DASHBOARD__ALLOWED_HOSTS=gw-7.plant.lan \
+    gapwatch dashboard --db gapwatch
 
 The page needs no internet: scripts, styles and charts come from the installed package.
 Replayed history keeps its original timestamps: pick "All data" in the range bar to see it.
@@ -62,6 +72,9 @@ class DashboardConfig:
     token: str = ""
     host: str = "127.0.0.1"  # this machine only; 0.0.0.0 for every interface
     port: int = 8050  # 0 picks a free one
+    auth_token: str = ""  # the page's own token (not InfluxDB's); needed beyond loopback
+    allow_anonymous: bool = False  # serve beyond loopback without auth_token (closed networks)
+    allowed_hosts: tuple[str, ...] = ()  # Host names served besides loopback and the bind address
     max_points: int = 800
     refresh_s: int = 30
     log_level: str = "INFO"
@@ -161,12 +174,37 @@ def _check(c: DashboardConfig) -> list[str]:
     if not c.database.strip():
         problems.append("database is empty; name the database the sink writes")
     _in_range(problems, "port", c.port, 0, 65535)
+    problems += _access_problems(c)
     _in_range(problems, "max_points", c.max_points, 10, MAX_POINTS_CAP)
     _in_range(problems, "refresh_s", c.refresh_s, 2, 3600)
     if c.log_level.upper() not in LOG_LEVELS:
         problems.append(f"log_level {c.log_level!r} is not one of {' '.join(LOG_LEVELS)}")
     if c.log_format not in (*LOG_FORMATS, "kv"):
         problems.append(f"log_format {c.log_format!r}: use one of {', '.join(LOG_FORMATS)}")
+    return problems
+
+
+MIN_TOKEN = 16
+
+
+def _access_problems(c: DashboardConfig) -> list[str]:
+    problems = []
+    if c.auth_token and len(c.auth_token) < MIN_TOKEN:
+        problems.append(
+            f"auth_token has {len(c.auth_token)} characters; use at least {MIN_TOKEN}, e.g. "
+            "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )
+    if c.auth_token and any(ch.isspace() or ord(ch) < 32 for ch in c.auth_token):
+        problems.append("auth_token must not contain spaces or control characters")
+    if not is_loopback(c.host) and not c.auth_token and not c.allow_anonymous:
+        problems.append(
+            f"host {c.host!r} serves the dashboard beyond this machine with no login: set "
+            "auth_token (GAPWATCH_DASHBOARD__AUTH_TOKEN), or on a closed network "
+            "allow_anonymous = true (GAPWATCH_DASHBOARD__ALLOW_ANONYMOUS=true)"
+        )
+    for h in c.allowed_hosts:
+        if h != "*" and host_name(h.lstrip(".") if h.startswith(".") else h) is None:
+            problems.append(f"allowed_hosts entry {h!r} is not a host name (e.g. gw-7.plant.lan)")
     return problems
 
 
@@ -248,7 +286,10 @@ def main(argv: list[str]) -> int:
             err=True,
         )
     try:
-        server = DashboardServer((config.host, config.port), api)
+        access = Access.for_bind(
+            config.host, token=config.auth_token, extra_hosts=config.allowed_hosts
+        )
+        server = DashboardServer((config.host, config.port), api, access=access)
     except OSError as exc:
         _say(
             f"gapwatch dashboard: cannot listen on {config.host}:{config.port} ({exc.strerror}); "
@@ -257,8 +298,22 @@ def main(argv: list[str]) -> int:
         )
         return 2
     signal.signal(signal.SIGTERM, _stop)
-    _say(f"gapwatch dashboard: serving {server.url} from {source.describe()} (Ctrl-C to stop)")
-    log.info("dashboard.started", extra={"url": server.url, "source": source.describe()})
+    login = "token" if config.auth_token else "none"
+    _say(
+        f"gapwatch dashboard: serving {server.url} from {source.describe()} (login: {login}; "
+        f"hosts: {' '.join(access.allowed_hosts)}; Ctrl-C to stop)"
+    )
+    log.info(
+        "dashboard.started",
+        extra={
+            "url": server.url,
+            "source": source.describe(),
+            "login": login,
+            "allowed_hosts": list(access.allowed_hosts),
+        },
+    )
+    if login == "none" and not is_loopback(config.host):
+        log.warning("dashboard.anonymous", extra={"host": config.host})
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -4,6 +4,8 @@
 once at start, so a broken install fails at start, not at the first visitor). ``/api/…`` goes
 to :class:`~pipeline.dashboard.api.DashboardApi`. Every response carries a Content-Security-
 Policy of ``'self'`` only: the page can load nothing from the internet and runs no inline script.
+Before any of that, :class:`~pipeline.dashboard.access.Access` checks the ``Host`` header (421
+for a name not in the allowlist: DNS rebinding) and, when a token is configured, the token (401).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from importlib import resources
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlsplit
 
+from pipeline.dashboard.access import Access, Verdict
 from pipeline.dashboard.api import DashboardApi
 
 log = logging.getLogger(__name__)
@@ -56,9 +59,11 @@ class DashboardServer(ThreadingHTTPServer):
         address: tuple[str, int],
         api: DashboardApi,
         assets: dict[str, tuple[bytes, str]] | None = None,
+        access: Access | None = None,
     ) -> None:
         self.api = api
         self.assets = load_assets() if assets is None else assets
+        self.access = Access.for_bind(address[0]) if access is None else access
         super().__init__(address, _Handler)
 
     @property
@@ -70,6 +75,7 @@ class DashboardServer(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server_version = "gapwatch-dashboard"
     protocol_version = "HTTP/1.1"
+    _cookie = ""  # a Set-Cookie value for the response being sent (``?token=`` accepted)
 
     def do_GET(self) -> None:
         self._serve(with_body=True)
@@ -80,8 +86,20 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self, *, with_body: bool) -> None:
         server = cast(DashboardServer, self.server)
         parts = urlsplit(self.path)
-        if parts.path.startswith("/api/"):
-            params = dict(parse_qsl(parts.query, keep_blank_values=True))
+        is_api = parts.path.startswith("/api/")
+        verdict = server.access.check(
+            host=self.headers.get("Host"),
+            authorization=self.headers.get("Authorization"),
+            cookie=self.headers.get("Cookie"),
+            query=parts.query,
+            page=not is_api,
+        )
+        if verdict.status or verdict.redirect:
+            self._refuse(verdict, parts.path, is_api, with_body)
+            return
+        self._cookie = verdict.set_cookie
+        if is_api:
+            params = dict(parse_qsl(verdict.query, keep_blank_values=True))
             try:
                 answer = server.api.handle(parts.path, params)
                 status, body = answer.status, answer.body
@@ -105,8 +123,44 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._send(200, asset[0], asset[1], with_body, cache="no-cache")
 
-    def _send(self, status: int, body: bytes, ctype: str, with_body: bool, cache: str) -> None:
+    def _refuse(self, verdict: Verdict, path: str, is_api: bool, with_body: bool) -> None:
+        """Answer a refused request (421, 401) or the redirect that drops ``?token=``."""
+        headers: dict[str, str] = {}
+        if verdict.redirect:
+            status, text = 303, "see the address without the token\n"
+            headers["Location"] = path + (f"?{verdict.query}" if verdict.query else "")
+            self._cookie = verdict.set_cookie
+        else:
+            status, text = verdict.status, verdict.reason + "\n"
+            self._cookie = ""
+            if verdict.challenge:
+                headers["WWW-Authenticate"] = verdict.challenge
+            log.info(
+                "dashboard.refused",
+                extra={"status": status, "client": self.address_string(), "path": path},
+            )
+        if is_api and not verdict.redirect:
+            body = json.dumps({"error": verdict.reason}).encode()
+            ctype = "application/json"
+        else:
+            body, ctype = text.encode(), "text/plain; charset=utf-8"
+        self._send(status, body, ctype, with_body, cache="no-store", extra=headers)
+
+    def _send(
+        self,
+        status: int,
+        body: bytes,
+        ctype: str,
+        with_body: bool,
+        *,
+        cache: str,
+        extra: dict[str, str] | None = None,
+    ) -> None:
         self.send_response(HTTPStatus(status))
+        for name, value in (extra or {}).items():
+            self.send_header(name, value)
+        if getattr(self, "_cookie", ""):
+            self.send_header("Set-Cookie", self._cookie)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", cache)

@@ -56,6 +56,12 @@ def faults_harness() -> ModuleType:
 
 
 @pytest.fixture(scope="session")
+def faults_servers() -> ModuleType:
+    """``tests/security/servers.py``: start private brokers with other settings (controls)."""
+    return servers
+
+
+@pytest.fixture(scope="session")
 def faults_bundles(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A bundle root holding ``skab/1``: SKAB's channels, a tiny ONNX graph (no training)."""
     pytest.importorskip("onnx")
@@ -74,16 +80,16 @@ def faults_skab_files() -> list[Path]:
 
 @pytest.fixture
 def faults_mosquitto(tmp_path: Path) -> Iterator[Any]:
-    """A private Mosquitto (plain listener) that persists every change: kill -9 loses nothing
-    it acknowledged."""
+    """A private Mosquitto (plain listener) running the shipped broker settings
+    (deploy/mosquitto/gapwatch.conf: every change persisted, a deep queue per session), so a
+    kill -9 here tests what deploy/local/stack and compose run."""
     if servers.mosquitto_binary() is None:
         _unavailable("mosquitto is not installed; run deploy/local/stack install")
     service = servers.start_mosquitto(
         tmp_path / "mosquitto",
         plain_port=servers.free_port(),
         allow_anonymous=True,
-        autosave_on_changes=1,
-        max_queued_messages=100_000,  # the pause policy relies on the broker's queue
+        include_dir=servers.SHIPPED_MOSQUITTO_DIR,
     )
     try:
         yield service

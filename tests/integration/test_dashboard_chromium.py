@@ -26,6 +26,7 @@ import pytest
 
 from edge.schema import ScoredTick
 from pipeline.dashboard import DashboardApi, DashboardServer, InfluxSource, serve_in_thread
+from pipeline.dashboard.access import Access
 from pipeline.dashboard.memory_source import MemorySource
 from pipeline.dashboard.queries import Window
 from pipeline.lineproto import LineEncoder
@@ -179,9 +180,9 @@ def dashboard() -> Iterator[Callable[..., str]]:
     """Start a dashboard server on a free port: ``dashboard(source, clock) -> base URL``."""
     servers: list[DashboardServer] = []
 
-    def start(source: Any, now: datetime) -> str:
+    def start(source: Any, now: datetime, access: Access | None = None) -> str:
         api = DashboardApi(source, clock=lambda: now, refresh_s=3600)
-        server = DashboardServer(("127.0.0.1", 0), api)
+        server = DashboardServer(("127.0.0.1", 0), api, access=access)
         serve_in_thread(server)
         servers.append(server)
         return server.url
@@ -345,3 +346,33 @@ def test_page_recovers_when_the_store_comes_back(
     browser.find_element(By.CSS_SELECTOR, 'button[data-range="all"]').click()
     WebDriverWait(browser, WAIT_S).until(lambda d: not banner.is_displayed())
     assert "stale" not in browser.find_element(By.ID, "main").get_attribute("class")
+
+
+def test_a_token_protected_page_opens_with_its_token_url_and_keeps_it_out_of_the_address(
+    browser: Any, dashboard: Callable[..., str], artifacts: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    token = "chromium-test-token-0123456789"
+    store = MemorySource("locked")
+    store.write_lines(encode(skab_ticks(DATA_DIR)[:50]))
+    url = dashboard(
+        store, datetime(2020, 3, 2, tzinfo=UTC), Access.for_bind("127.0.0.1", token=token)
+    )
+    browser.delete_all_cookies()
+    browser.get(url)  # no token: 401 (Chromium offers its Basic-auth prompt), no page, no data
+    assert not browser.find_elements(By.ID, "fleet-body")
+    assert "app.js" not in browser.page_source
+    _wait_loaded(browser, f"{url}?token={token}#range=all")
+    WebDriverWait(browser, WAIT_S).until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, "#fleet-body tr.device-row")
+    )
+    assert browser.execute_script("return document.body.dataset.loaded") == "true"
+    assert token not in browser.current_url  # redirected without it; the cookie carries access
+    assert "/#range=all" in browser.current_url  # the fragment survived the redirect
+    assert browser.execute_script("return document.cookie") == ""  # HttpOnly
+    browser.get(url)  # later visits need no token
+    _wait_loaded(browser, f"{url}#range=all")
+    assert browser.find_elements(By.CSS_SELECTOR, "#fleet-body tr.device-row")
+    _screenshot(browser, artifacts / "dashboard-token.png")

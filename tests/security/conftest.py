@@ -46,6 +46,14 @@ def unavailable(what: str) -> None:
 
 
 @pytest.fixture(scope="session")
+def sec_servers() -> ModuleType:
+    """``servers.py``, once Mosquitto is known to be installed (else skip or fail)."""
+    if servers.mosquitto_binary() is None:
+        unavailable("mosquitto is not installed; run deploy/local/stack install")
+    return servers
+
+
+@pytest.fixture(scope="session")
 def sec_pki(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """CA, loopback server certificate, a client certificate, and a rogue CA's client cert."""
     return certs.make_pki(tmp_path_factory.mktemp("pki"))

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = [
+    "SHIPPED_MOSQUITTO_DIR",
     "KafkaUser",
     "Service",
     "free_port",
@@ -39,6 +40,8 @@ __all__ = [
 
 REPO = Path(__file__).resolve().parents[2]
 LOOPBACK = "127.0.0.1"
+# The broker settings gapwatch ships (persistence, queue bounds): deploy/mosquitto/*.conf
+SHIPPED_MOSQUITTO_DIR = REPO / "deploy" / "mosquitto"
 
 
 class ServiceError(RuntimeError):
@@ -159,6 +162,9 @@ def start_mosquitto(
     allow_anonymous: bool = False,
     autosave_on_changes: int = 0,
     max_queued_messages: int = 1000,
+    include_dir: Path | None = None,
+    password_file: Path | None = None,
+    acl_file: Path | None = None,
 ) -> Service:
     """Mosquitto with any of: a plain listener, a TLS listener with passwords, a TLS listener
     that requires a client certificate (its CN becomes the user name).
@@ -168,6 +174,10 @@ def start_mosquitto(
     SIGKILL loses at most N-1 acknowledged messages (the default saves only on shutdown).
     ``max_queued_messages`` is Mosquitto's per-client queue beyond the messages in flight
     (default 1000): past it, QoS 1 messages for a paused or absent agent are dropped.
+    ``include_dir`` loads every ``*.conf`` there after these lines (the shipped
+    ``SHIPPED_MOSQUITTO_DIR``: then leave ``autosave_on_changes`` and ``max_queued_messages``
+    alone, the shipped file sets them). ``password_file`` and ``acl_file`` apply to the plain
+    listener (a given password file replaces the one made from ``users``).
     """
     binary = mosquitto_binary()
     if binary is None:
@@ -176,6 +186,7 @@ def start_mosquitto(
     passwd = workdir / "passwd"
     passwd.write_text("")
     passwd.chmod(0o600)
+    plain_passwd = password_file or (passwd if users else None)
     for user, password in (users or {}).items():
         subprocess.run(
             ["mosquitto_passwd", "-b", str(passwd), user, password],
@@ -194,19 +205,22 @@ def start_mosquitto(
         f"persistence_location {workdir}/",
         f"user {me}",
         f"log_dest file {workdir}/broker.log",
-        f"max_queued_messages {max_queued_messages}",
         "log_type error",
         "log_type warning",
         "log_type notice",
         "connection_messages true",
     ]
+    if include_dir is None:
+        lines.append(f"max_queued_messages {max_queued_messages}")
     if autosave_on_changes:
         lines += ["autosave_on_changes true", f"autosave_interval {autosave_on_changes}"]
     anon = "true" if allow_anonymous else "false"
     if plain_port:
         lines += [f"listener {plain_port} {LOOPBACK}", f"allow_anonymous {anon}"]
-        if users:
-            lines.append(f"password_file {passwd}")
+        if plain_passwd is not None:
+            lines.append(f"password_file {plain_passwd}")
+        if acl_file is not None:
+            lines.append(f"acl_file {acl_file}")
     tls = [f"cafile {ca_file}", f"certfile {cert_file}", f"keyfile {key_file}"]
     if tls_port:
         lines += [f"listener {tls_port} {LOOPBACK}", *tls, f"allow_anonymous {anon}"]
@@ -214,6 +228,8 @@ def start_mosquitto(
     if mtls_port:
         lines += [f"listener {mtls_port} {LOOPBACK}", *tls, "allow_anonymous false"]
         lines += ["require_certificate true", "use_identity_as_username true"]
+    if include_dir is not None:
+        lines.append(f"include_dir {include_dir}")  # last, as Mosquitto's manual advises
     conf = workdir / "mosquitto.conf"
     conf.write_text("\n".join(lines) + "\n")
     ports = [p for p in (plain_port, tls_port, mtls_port) if p]

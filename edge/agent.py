@@ -31,9 +31,10 @@ from edge.alerts import AlarmHook
 from edge.align import AlignResult
 from edge.bundle import Bundle
 from edge.config import AgentConfig
-from edge.decode import Limits, TopicTemplate, decode_message, parse_ts
+from edge.decode import Limits, Reading, parse_ts
 from edge.devices import Device, DeviceTable, same_grid
 from edge.errors import PayloadError, SpoolDiskFull, TransportError
+from edge.formats import build_inputs, decode_input
 from edge.forward import Forwarder
 from edge.intake import IntakeEvent, IntakeMonitor
 from edge.metrics import AgentMetrics
@@ -86,7 +87,7 @@ class Agent:
         self._alarms = alarms  # alarm open/close events (edge.webhook); must not block
         if not watcher.current:
             watcher.load_initial()
-        self._templates = tuple(TopicTemplate(t) for t in config.mqtt.topics)
+        self._inputs = build_inputs(config.mqtt)  # [[mqtt.inputs]], then mqtt.topics
         a = config.align
         self._limits = Limits(
             max_payload_bytes=config.mqtt.max_payload_bytes,
@@ -289,11 +290,11 @@ class Agent:
             self._apply_reload(self._watcher.check())
             return
         try:
-            reading = decode_message(
+            readings = decode_input(
                 topic,
                 payload,
                 received_ms,
-                self._templates,
+                self._inputs,
                 limits=self._limits,
                 default_site=self.config.site,
             )
@@ -301,6 +302,20 @@ class Agent:
             if not restoring:
                 self._dead_letter(exc.reason, exc.detail, topic, payload, received_ms)
             return
+        for reading in readings:  # one, except for batched formats (line protocol, SenML)
+            self._feed(reading, topic, payload, token, restoring=restoring, arrival=arrival)
+
+    def _feed(
+        self,
+        reading: Reading,
+        topic: str,
+        payload: bytes,
+        token: int,
+        *,
+        restoring: bool,
+        arrival: int,
+    ) -> None:
+        received_ms = reading.received_ms
         if not restoring and (self._newest_ts is None or reading.ts_ms > self._newest_ts):
             self._newest_ts = reading.ts_ms
         dev = self._devices.get(reading.site, reading.device)

@@ -39,6 +39,7 @@ __all__ = [
     "BundlesConfig",
     "DeviceRule",
     "InferenceConfig",
+    "InputConfig",
     "KafkaConfig",
     "MetricsConfig",
     "MqttConfig",
@@ -60,6 +61,28 @@ class TlsConfig:
 
 
 @dataclass(frozen=True)
+class InputConfig:
+    """One ``[[mqtt.inputs]]`` entry: a topic template and the payload format on it (edge.formats).
+
+    Paths are dotted keys into a JSON object (``"tags.host"``); ``""`` means "none".
+    """
+
+    topic: str  # template, e.g. "telegraf/{site}/{device}"; {device} optional with device_key
+    format: str = "gapwatch"  # gapwatch | flat_json | influx_line | senml
+    preset: str = ""  # "telegraf": flat_json as Telegraf's JSON serializer writes it
+    time_path: str = "ts"  # flat_json: where the time is; "" = stamp with the arrival time
+    time_unit: str = "auto"  # auto (s/ms/us/ns by magnitude, or ISO 8601) | s | ms | us | ns | iso
+    values_path: str = ""  # flat_json: the object of channels; "" = the top level itself
+    value_path: str = "value"  # flat_json on a {channel} topic: the number in an object payload
+    records_path: str = ""  # flat_json: a list of records there (when present) is each decoded
+    name_path: str = ""  # flat_json: a name for channel_name's {name} (Telegraf: "name")
+    device_key: str = ""  # device from the payload: JSON path, line-protocol tag, or senml "bn"
+    site_key: str = ""  # site from the payload: JSON path or line-protocol tag
+    channel_name: str = "{field}"  # channel of each field; may add {name} (measurement)
+    exclude: tuple[str, ...] = ()  # fields never taken as channels (e.g. string status fields)
+
+
+@dataclass(frozen=True)
 class MqttConfig:
     host: str = "127.0.0.1"
     port: int = 1883
@@ -69,6 +92,7 @@ class MqttConfig:
     qos: int = 1
     session_expiry_s: int = 86400  # MQTT 5: how long the broker keeps our queue while we are away
     topics: tuple[str, ...] = ("sensors/{site}/{device}", "sensors/{site}/{device}/{channel}")
+    inputs: tuple[InputConfig, ...] = ()  # other formats per topic; matched before ``topics``
     shared_group: str = ""  # non-empty: subscribe as $share/<group>/<filter>
     username: str = ""
     password: str = ""
@@ -272,12 +296,19 @@ def _check_mqtt(c: AgentConfig, need: Callable[[bool, str], None], p: list[str])
         not any(ch in c.mqtt.status_topic for ch in "+#"),
         f"mqtt.status_topic {c.mqtt.status_topic!r}: a topic name, not a filter (no + or #)",
     )
-    need(bool(c.mqtt.topics), "mqtt.topics is empty: add at least 'sensors/{site}/{device}'")
+    need(
+        bool(c.mqtt.topics) or bool(c.mqtt.inputs),
+        "mqtt.topics and mqtt.inputs are empty: add at least 'sensors/{site}/{device}'",
+    )
     for i, t in enumerate(c.mqtt.topics):
         need("{device}" in t, f"mqtt.topics[{i}] {t!r} needs a {{device}} field")
         need(
             not any(ch in t for ch in "+#$"), f"mqtt.topics[{i}] {t!r}: write fields, not wildcards"
         )
+    from edge.formats import check_input
+
+    for i, inp in enumerate(c.mqtt.inputs):
+        p.extend(f"mqtt.inputs[{i}].{msg}" for msg in check_input(inp))
     need(
         "/" not in c.mqtt.shared_group and "+" not in c.mqtt.shared_group,
         f"mqtt.shared_group {c.mqtt.shared_group!r} must be a single topic level",

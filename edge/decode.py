@@ -7,7 +7,10 @@ Topic templates name their levels: ``sensors/{site}/{device}`` carries a JSON ob
 
 (``ts`` in epoch seconds or milliseconds — a number >= 1e11 is read as milliseconds — or an
 RFC 3339 string with a zone; ``null`` means "not measured"), and
-``sensors/{site}/{device}/{channel}`` carries one plain number, stamped with its arrival time.
+``sensors/{site}/{device}/{channel}`` carries one plain number, stamped with its arrival time,
+or ``{"ts": <as above>, "value": <number | null>}`` (without ``ts``: the arrival time).
+This is the ``gapwatch`` input format; the others (Telegraf JSON, line protocol, SenML) are in
+:mod:`edge.formats`.
 
 A payload that cannot be used at all raises :class:`~edge.errors.PayloadError` with a stable
 ``reason``. A usable payload with some bad values yields a :class:`Reading` holding the good
@@ -45,7 +48,17 @@ except ImportError:  # pragma: no cover - orjson is optional on the edge
     _fast_loads = None
     _FastError = ValueError
 
-__all__ = ["Limits", "Reading", "TopicTemplate", "decode_message", "parse_ts"]
+__all__ = [
+    "Limits",
+    "Reading",
+    "TopicTemplate",
+    "check_time",
+    "decode_gapwatch",
+    "decode_message",
+    "loads",
+    "number",
+    "parse_ts",
+]
 
 _MS_THRESHOLD = 1e11  # epoch numbers at or above this are milliseconds (1e11 s is year 5138)
 _FIELD_RE = re.compile(r"\{([a-z]+)\}")
@@ -77,12 +90,14 @@ class Limits:
 class TopicTemplate:
     """A topic pattern with named levels, e.g. ``sensors/{site}/{device}/{channel}``."""
 
-    def __init__(self, pattern: str) -> None:
+    def __init__(self, pattern: str, *, device_required: bool = True) -> None:
         names = _FIELD_RE.findall(pattern)
         unknown = set(names) - _KNOWN_FIELDS
-        if unknown or "device" not in names or len(set(names)) != len(names):
+        missing = device_required and "device" not in names
+        if unknown or missing or len(set(names)) != len(names):
+            need = "needs one {device} and" if device_required else "takes {device},"
             raise ValueError(
-                f"topic template {pattern!r} needs one {{device}} and may use {{site}}, "
+                f"topic template {pattern!r} {need} may use {{site}}, "
                 f"{{channel}} once each (got fields {names})"
             )
         levels = pattern.split("/")
@@ -202,6 +217,15 @@ def _check_time(ts_ms: int, received_ms: int, limits: Limits) -> None:
         raise PayloadError("ts_past", f"ts {ts_ms} is {received_ms - ts_ms} ms old")
 
 
+def loads(payload: bytes) -> Any:
+    """The JSON of a payload (for edge.formats, the other input formats)."""
+    return _loads(payload)[0]
+
+
+number = _number
+check_time = _check_time
+
+
 def decode_message(
     topic: str,
     payload: bytes,
@@ -222,6 +246,21 @@ def decode_message(
         raise PayloadError("unknown_topic", f"topic {topic!r} matches no template")
     if not topic.isascii() and unencodable(topic):
         raise PayloadError("bad_name", f"topic {topic!r} is not encodable as UTF-8")
+    return decode_gapwatch(
+        fields, template.per_channel, payload, received_ms, limits=limits, default_site=default_site
+    )
+
+
+def decode_gapwatch(
+    fields: dict[str, str],
+    per_channel: bool,
+    payload: bytes,
+    received_ms: int,
+    *,
+    limits: Limits,
+    default_site: str,
+) -> Reading:
+    """The ``gapwatch`` format of a matched topic (``fields`` from its template)."""
     if len(payload) > limits.max_payload_bytes:
         raise PayloadError("oversized", f"{len(payload)} bytes > {limits.max_payload_bytes}")
     data, lenient = _loads(payload)
@@ -229,16 +268,18 @@ def decode_message(
     device = fields["device"]
     rejected: list[tuple[str, str]] = []
     values: dict[str, float] = {}
-    if template.per_channel:
+    if per_channel:
         channel = fields["channel"]
-        if isinstance(data, dict | list):
-            raise PayloadError("bad_shape", "a channel topic carries one plain number")
+        ts_ms = received_ms
+        if isinstance(data, dict):  # {"ts": ..., "value": ...}: a stamped channel value
+            data, ts_ms = _stamped(data, received_ms)
+        elif isinstance(data, list):
+            raise PayloadError("bad_shape", 'a channel topic carries a number or {"ts", "value"}')
         v = _number(channel, data, rejected)
         if rejected:
             raise PayloadError(rejected[0][1], f"channel {channel!r} value {data!r}")
         assert v is not None
         values[channel] = v
-        ts_ms = received_ms
     else:
         if not isinstance(data, dict):
             raise PayloadError("bad_shape", 'expected {"ts": ..., "values": {...}}')
@@ -265,3 +306,15 @@ def decode_message(
             raise PayloadError(reason, f"no usable value: {rejected}")
     _check_time(ts_ms, received_ms, limits)
     return Reading(site, device, ts_ms, values, received_ms, tuple(rejected))
+
+
+def _stamped(data: dict[str, Any], received_ms: int) -> tuple[object, int]:
+    """``{"ts": ..., "value": ...}`` of a channel topic -> (raw value, ts_ms); no ts: arrival."""
+    if "value" not in data:
+        raise PayloadError("bad_shape", 'a channel object needs "value" (and optionally "ts")')
+    if "ts" not in data:
+        return data["value"], received_ms
+    try:
+        return data["value"], parse_ts(data["ts"])
+    except ValueError as exc:
+        raise PayloadError("bad_ts", str(exc)) from exc

@@ -135,15 +135,14 @@ def main(argv: list[str]) -> int:
 
 
 def _check(config: AgentConfig) -> int:
-    from edge.decode import TopicTemplate
+    from edge.formats import build_inputs
     from edge.reload import BundleWatcher, bundle_loader, rollback_guard
     from edge.rollback import STATE_FILE
 
     try:
-        for t in config.mqtt.topics:
-            TopicTemplate(t)
+        inputs = build_inputs(config.mqtt)
     except ValueError as exc:
-        print(f"gapwatch agent --check: mqtt.topics: {exc}", file=sys.stderr)
+        print(f"gapwatch agent --check: mqtt.topics/inputs: {exc}", file=sys.stderr)
         return 2
     try:
         loader = bundle_loader(config.bundles.trusted_keys)
@@ -169,6 +168,8 @@ def _check(config: AgentConfig) -> int:
             print(f"  FALLBACK: the chosen version was refused: {watcher.fallbacks[name]}")
     if config.bundles.trusted_keys:
         print(f"signatures: required, trusted keys from {config.bundles.trusted_keys}")
+    for inp in inputs:
+        print(f"input: {inp.config.topic} ({inp.config.format})")
     print(f"spool: {config.spool_path} (when full: {config.spool.when_full})")
     if config.alerts.url:
         from edge.webhook import describe
@@ -233,10 +234,10 @@ def _forwarder(
 
 
 def _mqtt_source(config: AgentConfig, clock: Clock, metrics: AgentMetrics) -> MqttSource:
-    from edge.decode import TopicTemplate
+    from edge.formats import build_inputs
     from edge.mqtt_source import MqttSource
 
-    filters = [TopicTemplate(t).filter for t in config.mqtt.topics]
+    filters = list(dict.fromkeys(i.template.filter for i in build_inputs(config.mqtt)))
     extra = [config.mqtt.announce_topic] if config.mqtt.announce_topic else []
     return MqttSource(
         config.mqtt,

@@ -225,7 +225,8 @@ def test_well_formed_envelopes_keep_every_good_value(
 @FUZZ
 @given(st.binary(max_size=300) | st.text(max_size=200).map(str.encode), st.integers(0, 2**40))
 @example(b"null", 0)
-def test_channel_topic_accepts_only_plain_numbers(payload: bytes, now: int) -> None:
+@example(b'{"ts": 1700000000, "value": 2.5}', 1_700_000_000_000)
+def test_channel_topic_accepts_only_numbers_or_stamped_values(payload: bytes, now: int) -> None:
     try:
         reading = decode_message(
             "sensors/s/d/Pressure", payload, now, TEMPLATES, limits=Limits(min_ts_ms=0)
@@ -233,9 +234,12 @@ def test_channel_topic_accepts_only_plain_numbers(payload: bytes, now: int) -> N
     except PayloadError as exc:
         assert exc.reason in REASONS
         return
-    assert reading.ts_ms == now
     assert list(reading.values) == ["Pressure"]
     sent = json.loads(payload)
+    if isinstance(sent, dict):  # {"ts": ..., "value": ...}: a stamped channel value
+        sent = sent["value"]
+    else:
+        assert reading.ts_ms == now
     got = reading.values["Pressure"]
     if sent is None:  # null: "not measured"
         assert math.isnan(got)

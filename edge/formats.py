@@ -48,13 +48,18 @@ from edge.errors import PayloadError
 
 __all__ = [
     "FORMATS",
+    "PRESETS",
     "TIME_UNITS",
+    "Batch",
+    "Decoder",
     "Input",
     "build_inputs",
     "check_input",
     "decode_input",
-    "merge",
+    "ident",
+    "name_parts",
     "resolve",
+    "stamp",
     "to_ms",
 ]
 
@@ -133,12 +138,17 @@ def check_input(inp: InputConfig) -> list[str]:
 class Input:
     """One topic template and the format of its payloads."""
 
+    __slots__ = ("config", "decoder", "gapwatch", "match", "per_channel", "template")
+
     def __init__(self, config: InputConfig) -> None:
         problems = check_input(config)
         if problems:
             raise ValueError(f"input {config.topic!r}: {'; '.join(problems)}")
         self.config = resolve(config)
         self.template = TopicTemplate(config.topic, device_required=not config.device_key)
+        self.match = self.template.match  # bound once: the hot path looks it up per message
+        self.per_channel = self.template.per_channel
+        self.gapwatch = self.config.format == "gapwatch"
         self.decoder: Decoder = _decoders()[self.config.format]
 
     def __repr__(self) -> str:
@@ -163,13 +173,13 @@ def decode_input(
 ) -> tuple[Reading, ...]:
     """The readings of one message (one or more); PayloadError when it is unusable."""
     for inp in inputs:
-        fields = inp.template.match(topic)
+        fields = inp.match(topic)
         if fields is not None:
             break
     else:
         raise PayloadError("unknown_topic", f"topic {topic!r} matches no template")
-    per_channel = inp.template.per_channel
-    if inp.decoder is _gapwatch:  # the default format: no detour
+    per_channel = inp.per_channel
+    if inp.gapwatch:  # the default format: no detour
         return (
             decode_gapwatch(
                 fields, per_channel, payload, received_ms, limits=limits, default_site=default_site
@@ -262,55 +272,48 @@ def stamp(raw: object, unit: str) -> int:
 # -- readings --------------------------------------------------------------------------------
 
 
-def merge(readings: list[Reading]) -> tuple[Reading, ...]:
-    """Readings that share site, device and time joined into one (later values win).
+Group = tuple[dict[str, float], list[tuple[str, str]]]
 
-    A reading left without any value lends its rejections to the first one with values; when
-    none has a value, the message is refused with the first rejection's reason.
+
+class Batch:
+    """The readings of one message, gathered per (site, device, time): later values win.
+
+    :meth:`readings` checks each time against the limits; a group left without any value lends
+    its rejections to the first group with values, and when none has a value the message is
+    refused with the first rejection's reason.
     """
-    if len(readings) == 1:
-        r = readings[0]
-        if not r.values:
-            _refuse(list(r.rejected))
-        return (r,)
-    joined: dict[tuple[str, str, int], Reading] = {}
-    for r in readings:
-        key = (r.site, r.device, r.ts_ms)
-        old = joined.get(key)
-        if old is None:
-            joined[key] = r
-        else:
-            values = {**old.values, **r.values}
-            rejected = tuple(x for x in old.rejected if x[0] not in r.values) + r.rejected
-            joined[key] = dataclasses.replace(old, values=values, rejected=rejected)
-    full = [r for r in joined.values() if r.values]
-    lost = [x for r in joined.values() if not r.values for x in r.rejected]
-    if not full:
-        _refuse(lost)
-    if lost:
-        full[0] = dataclasses.replace(full[0], rejected=full[0].rejected + tuple(lost))
-    return tuple(full)
 
+    __slots__ = ("groups",)
 
-def _refuse(rejected: list[tuple[str, str]]) -> None:
-    if not rejected:
-        raise PayloadError("bad_shape", "no channel values")
-    raise PayloadError(rejected[0][1], f"no usable value: {rejected[:10]}")
+    def __init__(self) -> None:
+        self.groups: dict[tuple[str, str, int], Group] = {}
 
+    def group(self, site: str, device: str, ts_ms: int) -> Group:
+        """The (values, rejected) of one device at one time, to fill in."""
+        key = (site, device, ts_ms)
+        g = self.groups.get(key)
+        if g is None:
+            g = self.groups[key] = ({}, [])
+        return g
 
-def finish(
-    site: str,
-    device: str,
-    ts_ms: int,
-    values: dict[str, float],
-    rejected: list[tuple[str, str]],
-    *,
-    received_ms: int,
-    limits: Limits,
-) -> Reading:
-    """One reading with its time checked (:func:`merge` refuses one without values)."""
-    check_time(ts_ms, received_ms, limits)
-    return Reading(site, device, ts_ms, values, received_ms, tuple(rejected))
+    def readings(self, received_ms: int, limits: Limits) -> tuple[Reading, ...]:
+        out: list[Reading] = []
+        lost: list[tuple[str, str]] = []
+        for (site, device, ts_ms), (values, rejected) in self.groups.items():
+            if not values:
+                lost += rejected
+                continue
+            check_time(ts_ms, received_ms, limits)
+            kept = tuple(x for x in rejected if x[0] not in values) if rejected else ()
+            out.append(Reading(site, device, ts_ms, values, received_ms, kept))
+        if not out:
+            if not lost:
+                raise PayloadError("bad_shape", "no channel values")
+            raise PayloadError(lost[0][1], f"no usable value: {lost[:10]}")
+        if lost:
+            first = out[0]
+            out[0] = dataclasses.replace(first, rejected=first.rejected + tuple(lost))
+        return tuple(out)
 
 
 def name_parts(channel_name: str, name: str) -> tuple[str, str]:
@@ -362,8 +365,10 @@ def _flat_json(
     elif not records:
         raise PayloadError("bad_shape", "an empty list of records")
     site = fields.get("site", default_site)
-    out = [_json_record(c, fields, site, r, per_channel, received_ms, limits) for r in records]
-    return merge(out)
+    batch = Batch()
+    for rec in records:
+        _json_record(c, fields, site, rec, per_channel, received_ms, batch)
+    return batch.readings(received_ms, limits)
 
 
 def _json_record(  # noqa: PLR0917 - the per-record hot path: positional on purpose
@@ -373,8 +378,8 @@ def _json_record(  # noqa: PLR0917 - the per-record hot path: positional on purp
     rec: Any,
     per_channel: bool,
     received_ms: int,
-    limits: Limits,
-) -> Reading:
+    batch: Batch,
+) -> None:
     bare = per_channel and not isinstance(rec, dict | list)  # a number, stamped on arrival
     if bare:
         ts_ms = received_ms
@@ -393,8 +398,7 @@ def _json_record(  # noqa: PLR0917 - the per-record hot path: positional on purp
         device = ident(_get(rec, c.device_key), f"device {c.device_key!r}")
     else:
         device = fields["device"]
-    rejected: list[tuple[str, str]] = []
-    values: dict[str, float] = {}
+    values, rejected = batch.group(site, device, ts_ms)
     if per_channel:
         channel = fields["channel"]
         raw = rec if bare else _get(rec, c.value_path)
@@ -403,7 +407,7 @@ def _json_record(  # noqa: PLR0917 - the per-record hot path: positional on purp
         v = number(channel, raw, rejected)
         if v is not None:
             values[channel] = v
-        return finish(site, device, ts_ms, values, rejected, received_ms=received_ms, limits=limits)
+        return
     obj = _get(rec, c.values_path)
     if not isinstance(obj, dict) or not obj:
         where = repr(c.values_path) if c.values_path else "the object"
@@ -420,4 +424,3 @@ def _json_record(  # noqa: PLR0917 - the per-record hot path: positional on purp
         v = number(channel, raw, rejected)
         if v is not None:
             values[channel] = v
-    return finish(site, device, ts_ms, values, rejected, received_ms=received_ms, limits=limits)

@@ -22,7 +22,7 @@ import re
 from edge.config import InputConfig
 from edge.decode import Limits, Reading
 from edge.errors import PayloadError
-from edge.formats import finish, ident, merge, name_parts, stamp
+from edge.formats import Batch, ident, name_parts, stamp
 
 __all__ = ["decode_line_protocol", "parse_line"]
 
@@ -131,7 +131,7 @@ def decode_line_protocol(
     except UnicodeDecodeError as exc:
         raise PayloadError("not_utf8", str(exc)) from exc
     skip = set(c.exclude)
-    out: list[Reading] = []
+    batch = Batch()
     for raw_line in text.splitlines():
         line = raw_line.strip()
         if not line or line[0] == "#":
@@ -156,8 +156,7 @@ def decode_line_protocol(
             else fields["device"]
         )
         before, after = name_parts(c.channel_name, measurement)
-        values: dict[str, float] = {}
-        rejected: list[tuple[str, str]] = []
+        values, rejected = batch.group(site, device, ts_ms)
         for key, raw in items:
             if key in skip:
                 continue
@@ -165,9 +164,6 @@ def decode_line_protocol(
             v = _value(channel, raw, rejected)
             if v is not None:
                 values[channel] = v
-        out.append(
-            finish(site, device, ts_ms, values, rejected, received_ms=received_ms, limits=limits)
-        )
-    if not out:
+    if not batch.groups:
         raise PayloadError("bad_line", "no line in the payload")
-    return merge(out)
+    return batch.readings(received_ms, limits)

@@ -23,7 +23,7 @@ from typing import Any
 from edge.config import InputConfig
 from edge.decode import Limits, Reading, loads, number
 from edge.errors import PayloadError
-from edge.formats import finish, ident, merge, name_parts
+from edge.formats import Batch, ident, name_parts
 
 __all__ = ["RELATIVE_BELOW_S", "decode_senml"]
 
@@ -68,7 +68,7 @@ def decode_senml(
     before, after = name_parts(c.channel_name, "")
     skip = set(c.exclude)
     bn, bt, bv = "", 0.0, 0.0
-    out: list[Reading] = []
+    batch = Batch()
     for rec in pack:
         if not isinstance(rec, dict):
             raise PayloadError("bad_shape", f"SenML record {rec!r:.40} is not an object")
@@ -94,8 +94,7 @@ def decode_senml(
             ts_ms = round(when * 1000.0)
         device = ident(bn.rstrip(":/.-_"), "SenML base name") if by_bn else fields["device"]
         channel = f"{before}{name}{after}"
-        rejected: list[tuple[str, str]] = []
-        values: dict[str, float] = {}
+        values, rejected = batch.group(site, device, ts_ms)
         if "v" in rec:
             v = number(channel, rec["v"], rejected)
             if v is not None:
@@ -106,9 +105,6 @@ def decode_senml(
                     rejected.append((channel, "non_finite"))
         else:
             rejected.append((channel, "bad_value"))
-        out.append(
-            finish(site, device, ts_ms, values, rejected, received_ms=received_ms, limits=limits)
-        )
-    if not out:
+    if not batch.groups:
         raise PayloadError("bad_shape", "a SenML pack without a value record")
-    return merge(out)
+    return batch.readings(received_ms, limits)

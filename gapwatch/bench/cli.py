@@ -65,6 +65,9 @@ BENCHMARKS: dict[str, Benchmark] = {
         "gapwatch.bench.training:inference",
         "µs per tick through the bundle (onnxruntime, 1 thread), batch 64 vs 1 vs numpy",
     ),
+    "decode": Benchmark(
+        "gapwatch.bench.decode:main", "µs per MQTT message for each input format vs gapwatch JSON"
+    ),
     "agent": Benchmark("gapwatch.bench.agent:main", "edge agent throughput: MQTT in, Kafka out"),
     "sink": Benchmark("gapwatch.bench.sink:main", "sink throughput: Kafka into InfluxDB"),
     "e2e": Benchmark(

@@ -258,7 +258,10 @@ def to_ms(raw: object, unit: str) -> int:
         unit = "s" if a < 1e11 else "ms" if a < 1e14 else "us" if a < 1e17 else "ns"
     if unit == "ns" and isinstance(raw, int):
         return (raw + 500_000) // 1_000_000  # exact for integer nanoseconds
-    return round(v * _UNIT_FACTOR[unit])
+    ms = v * _UNIT_FACTOR[unit]
+    if not math.isfinite(ms):
+        raise ValueError(f"timestamp {raw!r:.40} {unit} is out of range")
+    return round(ms)
 
 
 def stamp(raw: object, unit: str) -> int:

@@ -100,7 +100,10 @@ def _value(channel: str, raw: str, rejected: list[tuple[str, str]]) -> float | N
     last = raw[-1]
     digits = raw[:-1].lstrip("-")
     if last in "iu" and digits.isascii() and digits.isdigit():
-        v = float(int(raw[:-1]))
+        try:
+            v = float(int(raw[:-1]))
+        except (OverflowError, ValueError):  # beyond float range, or too many digits to read
+            v = math.inf
     elif raw[0] == '"' or raw in _BOOLS:
         rejected.append((channel, "bad_value"))
         return None

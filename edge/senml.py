@@ -28,6 +28,7 @@ from edge.formats import Batch, ident, name_parts
 __all__ = ["RELATIVE_BELOW_S", "decode_senml"]
 
 RELATIVE_BELOW_S = 2**28  # RFC 8428 section 4.5.3: smaller times are relative to now
+_MAX_TIME_S = 1e15  # seconds; beyond, not a time (and * 1000 may overflow)
 _BASE = ("bn", "bt", "bv", "bu", "bver", "bs")
 _OTHER_VALUES = ("vs", "vb", "vd", "s")
 
@@ -88,6 +89,8 @@ def decode_senml(
         if name in skip:
             continue
         when = bt + _num(rec, "t", 0.0)
+        if not abs(when) < _MAX_TIME_S:  # also NaN
+            raise PayloadError("bad_ts", f"SenML time bt + t = {when} is out of range")
         if abs(when) < RELATIVE_BELOW_S:
             ts_ms = received_ms + round(when * 1000.0)
         else:

@@ -107,6 +107,7 @@ def test_time_units(raw: object, unit: str, ms: int) -> None:
         (None, "ms"),
         (math.inf, "auto"),
         (10**400, "ns"),
+        (1e307, "s"),
     ],
 )
 def test_bad_time_is_a_value_error(raw: object, unit: str) -> None:
@@ -236,6 +237,7 @@ def test_line_protocol_escapes_strings_and_measurement_names() -> None:
         ('cpu a="x"', "bad_value"),
         ("cpu a=NaN", "non_finite"),
         ("cpu a=1e999", "non_finite"),
+        ("cpu a=" + "9" * 400 + "i", "non_finite"),
         ("# only a comment\n", "bad_line"),
         (b"cpu a=\xff", "not_utf8"),
         ("cpu a=1\ncpu", "bad_line"),  # one bad line refuses the message
@@ -290,6 +292,7 @@ def test_senml_relative_times_device_from_base_name_and_base_records() -> None:
         ([{"n": "a", "v": 1e308, "bv": 1e308}], "non_finite"),
         ([{"n": "a", "v": 1, "bt": T_S + 3600}], "ts_future"),
         ([{"n": "a", "v": 1, "bt": 2**28}], "ts_past"),  # absolute, in 1978
+        ([{"n": "a", "v": 1, "bt": 1e308, "t": 1e308}], "bad_ts"),
     ],
 )
 def test_bad_senml_has_its_reason(pack: Any, expected: str) -> None:

@@ -436,3 +436,31 @@ def test_names_that_are_not_utf8_are_dead_lettered_as_bad_name_not_a_crash(
     assert by_tick[1].values["a"] == 1.0  # the good channel of that payload was used
     assert {t.device for t in h.scored()} == {"pump-1"}
     assert h.metric("gapwatch_agent_bad_input_total", reason="bad_name") == 2
+
+
+def test_a_line_protocol_batch_feeds_each_device_and_dead_letters_per_reading(
+    tmp_path: Path, agent_bundle_factory: BundleFactory, agent_harness: AgentFactory
+) -> None:
+    agent_bundle_factory()
+    h = agent_harness(
+        tmp_path,
+        tmp_path / "bundles",
+        'mqtt.inputs=[{topic = "lp/{site}", format = "influx_line", device_key = "host"}]',
+    )
+    for k in range(3):
+        ns = (T0 + k * 1000) * 1_000_000
+        lines = [f"m,host=pump-1 a=11,b=12,c=13 {ns}", f"m,host=pump-2 a=1,b=2,c=3 {ns}"]
+        if k == 1:
+            lines.append(f"m,host=pump-3 a=1,zzz=2 {ns}")  # 'a' used, 'zzz' dead-lettered
+        h.raw("lp/lab", "\n".join(lines))
+    h.raw("lp/lab", "m,host=pump-1 a=1\nnot line protocol")  # refused whole
+    h.pump()
+    h.agent.shutdown()
+    h.deliver()
+    for device in ("pump-1", "pump-2"):
+        ticks = rev0([t for t in h.scored() if t.device == device])
+        assert sorted(ticks) == [0, 1, 2] and all(t.imputed == () for t in ticks.values())
+    assert rev0([t for t in h.scored() if t.device == "pump-2"])[1].values["a"] == 1.0
+    assert [t.values["a"] for t in h.scored() if t.device == "pump-3" and t.revision == 0] == [1.0]
+    assert Counter(d.reason for d in h.dead()) == Counter({"unknown_channel": 1, "bad_line": 1})
+    assert h.metric("gapwatch_agent_readings_total") == 2 * 3 * 3 + 1

@@ -340,6 +340,8 @@ def ident(raw: object, what: str) -> str:
 def _get(obj: Any, path: str) -> Any:
     if not path:
         return obj
+    if "." not in path:  # the common case: one key
+        return obj.get(path, _MISSING) if isinstance(obj, dict) else _MISSING
     for part in path.split("."):
         if not isinstance(obj, dict):
             return _MISSING
@@ -347,6 +349,23 @@ def _get(obj: Any, path: str) -> Any:
         if obj is _MISSING:
             return _MISSING
     return obj
+
+
+_SKIPS: dict[int, tuple[InputConfig, frozenset[str]]] = {}
+
+
+def _skip(c: InputConfig) -> frozenset[str]:
+    """Keys of a record that are no channels: ``exclude``, and on the top level the paths' keys."""
+    hit = _SKIPS.get(id(c))
+    if hit is not None and hit[0] is c:
+        return hit[1]
+    skip = set(c.exclude)
+    if not c.values_path:  # the top level: its time, name, site and device are no channels
+        skip.update(p.split(".")[0] for p in (c.time_path, c.name_path, c.site_key, c.device_key))
+    if len(_SKIPS) > 64:
+        _SKIPS.clear()
+    _SKIPS[id(c)] = (c, frozenset(skip))
+    return _SKIPS[id(c)][1]
 
 
 def _flat_json(
@@ -415,11 +434,12 @@ def _json_record(  # noqa: PLR0917 - the per-record hot path: positional on purp
     if not isinstance(obj, dict) or not obj:
         where = repr(c.values_path) if c.values_path else "the object"
         raise PayloadError("bad_shape", f"{where} must be a non-empty object of channels")
-    skip = set(c.exclude)
-    if not c.values_path:  # the top level: its time, name, site and device are no channels
-        skip.update(p.split(".")[0] for p in (c.time_path, c.name_path, c.site_key, c.device_key))
-    name = _get(rec, c.name_path) if c.name_path else ""
-    before, after = name_parts(c.channel_name, name if isinstance(name, str) else "")
+    skip = _skip(c)
+    if c.channel_name == "{field}":
+        before = after = ""
+    else:
+        name = _get(rec, c.name_path) if c.name_path else ""
+        before, after = name_parts(c.channel_name, name if isinstance(name, str) else "")
     for key, raw in obj.items():
         if key in skip:
             continue

@@ -97,25 +97,31 @@ def parse_line(line: str) -> Point:
 
 
 def _value(channel: str, raw: str, rejected: list[tuple[str, str]]) -> float | None:
-    last = raw[-1]
-    digits = raw[:-1].lstrip("-")
-    if last in "iu" and digits.isascii() and digits.isdigit():
-        try:
-            v = float(int(raw[:-1]))
-        except (OverflowError, ValueError):  # beyond float range, or too many digits to read
-            v = math.inf
-    elif raw[0] == '"' or raw in _BOOLS:
-        rejected.append((channel, "bad_value"))
-        return None
-    else:
-        try:
-            v = float(raw)
-        except ValueError as exc:
-            raise PayloadError("bad_line", f"field value {raw[:40]!r} is not a number") from exc
-    if not math.isfinite(v):
+    v: float | None
+    try:
+        v = float(raw)  # the common case: a float field
+    except ValueError:
+        v = _other_value(raw)
+        if v is None:
+            rejected.append((channel, "bad_value"))
+            return None
+    if v - v != 0.0:  # NaN or ±inf
         rejected.append((channel, "non_finite"))
         return None
     return v
+
+
+def _other_value(raw: str) -> float | None:
+    """An integer field (``7i``, ``7u``) as a float; None for a string or boolean field."""
+    digits = raw[:-1].lstrip("-")
+    if raw[-1] in "iu" and digits.isascii() and digits.isdigit():
+        try:
+            return float(int(raw[:-1]))
+        except (OverflowError, ValueError):  # beyond float range, or too many digits to read
+            return math.inf
+    if raw[0] == '"' or raw in _BOOLS:
+        return None
+    raise PayloadError("bad_line", f"field value {raw[:40]!r} is not a number")
 
 
 def decode_line_protocol(

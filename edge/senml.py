@@ -50,6 +50,10 @@ def _text(rec: dict[str, Any], key: str, default: str) -> str:
     return raw
 
 
+def _base_only(rec: dict[str, Any]) -> bool:
+    return not any(k in rec for k in _OTHER_VALUES) and any(k in rec for k in _BASE)
+
+
 def decode_senml(
     c: InputConfig,
     fields: dict[str, str],
@@ -69,18 +73,23 @@ def decode_senml(
     before, after = name_parts(c.channel_name, "")
     skip = set(c.exclude)
     bn, bt, bv = "", 0.0, 0.0
+    device = fields.get("device", "")
     batch = Batch()
     for rec in pack:
         if not isinstance(rec, dict):
             raise PayloadError("bad_shape", f"SenML record {rec!r:.40} is not an object")
         for key in rec:
-            if key.endswith("_"):
+            if key[-1:] == "_":
                 raise PayloadError("bad_shape", f"SenML field {key!r} must be understood")
-        bn = _text(rec, "bn", bn)
-        bt = _num(rec, "bt", bt)
-        bv = _num(rec, "bv", bv)
-        has_value = "v" in rec or any(k in rec for k in _OTHER_VALUES)
-        if "n" not in rec and not has_value and any(k in rec for k in _BASE):
+        if "bn" in rec:
+            bn = _text(rec, "bn", bn)
+            if by_bn:
+                device = ident(bn.rstrip(":/.-_"), "SenML base name")
+        if "bt" in rec:
+            bt = _num(rec, "bt", bt)
+        if "bv" in rec:
+            bv = _num(rec, "bv", bv)
+        if "n" not in rec and "v" not in rec and _base_only(rec):
             continue  # a base record
         n = _text(rec, "n", "")
         name = n if by_bn else bn + n
@@ -88,14 +97,15 @@ def decode_senml(
             raise PayloadError("bad_shape", "a SenML record without a name (bn + n)")
         if name in skip:
             continue
-        when = bt + _num(rec, "t", 0.0)
+        when = bt + _num(rec, "t", 0.0) if "t" in rec else bt
         if not abs(when) < _MAX_TIME_S:  # also NaN
             raise PayloadError("bad_ts", f"SenML time bt + t = {when} is out of range")
         if abs(when) < RELATIVE_BELOW_S:
             ts_ms = received_ms + round(when * 1000.0)
         else:
             ts_ms = round(when * 1000.0)
-        device = ident(bn.rstrip(":/.-_"), "SenML base name") if by_bn else fields["device"]
+        if not device:
+            raise PayloadError("no_device", "no SenML base name (bn) names the device")
         channel = f"{before}{name}{after}"
         values, rejected = batch.group(site, device, ts_ms)
         if "v" in rec:

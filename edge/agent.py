@@ -306,28 +306,22 @@ class Agent:
             self._feed(reading, topic, payload, token, restoring=restoring, arrival=arrival)
 
     def _feed(
-        self,
-        reading: Reading,
-        topic: str,
-        payload: bytes,
-        token: int,
-        *,
-        restoring: bool,
-        arrival: int,
+        self, r: Reading, topic: str, payload: bytes, token: int, *, restoring: bool, arrival: int
     ) -> None:
-        received_ms = reading.received_ms
-        if not restoring and (self._newest_ts is None or reading.ts_ms > self._newest_ts):
-            self._newest_ts = reading.ts_ms
-        dev = self._devices.get(reading.site, reading.device)
+        """One reading of a message on to its device's aligner (or a dead letter)."""
+        received_ms = r.received_ms
+        if not restoring and (self._newest_ts is None or r.ts_ms > self._newest_ts):
+            self._newest_ts = r.ts_ms
+        dev = self._devices.get(r.site, r.device)
         if dev is None:
             if not restoring:
-                detail = f"no [[devices]] rule matches {reading.site}/{reading.device}"
+                detail = f"no [[devices]] rule matches {r.site}/{r.device}"
                 self._dead_letter("unknown_device", detail, topic, payload, received_ms)
             return
-        problems = list(reading.rejected)
+        problems = list(r.rejected)
         idx: list[int] = []
         vals: list[float] = []
-        for channel, value in reading.values.items():
+        for channel, value in r.values.items():
             i = dev.index.get(channel)
             if i is None:
                 problems.append((channel, "unknown_channel"))
@@ -339,10 +333,10 @@ class Agent:
             self._dead_letter(problems[0][1], detail, topic, payload, received_ms)
         if not idx:
             return
-        result = dev.aligner.add(reading.ts_ms, idx, vals, arrival, token)
+        result = dev.aligner.add(r.ts_ms, idx, vals, arrival, token)
         if result.too_late:
             if not restoring:
-                detail = f"tick {reading.ts_ms} of {dev.key} is already closed"
+                detail = f"tick {r.ts_ms} of {dev.key} is already closed"
                 self._dead_letter("too_late", detail, topic, payload, received_ms)
             return
         if self._metrics and not restoring:

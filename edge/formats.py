@@ -24,7 +24,8 @@ Time units (``time_unit``): ``auto`` reads a number as seconds below 1e11, milli
 ``s``, ``ms``, ``us``, ``ns`` force a number's unit and ``iso`` a string. Readings of one message
 that share device and time merge into one. A message is refused whole (:class:`PayloadError`)
 or accepted with per-channel ``rejected`` values, as in :mod:`edge.decode`. Reasons added here:
-``bad_line`` (line protocol syntax) and ``no_device`` (``device_key`` absent from the payload).
+``bad_line`` (line protocol syntax) and ``no_device`` (``device_key`` absent from the payload);
+``bad_name`` (a lone surrogate in a topic, device or channel name) as in :mod:`edge.decode`.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from edge.decode import (
     number,
 )
 from edge.errors import PayloadError
+from edge.schema import unencodable
 
 __all__ = [
     "FORMATS",
@@ -178,6 +180,8 @@ def decode_input(
             break
     else:
         raise PayloadError("unknown_topic", f"topic {topic!r} matches no template")
+    if not topic.isascii() and unencodable(topic):
+        raise PayloadError("bad_name", f"topic {topic!r} is not encodable as UTF-8")
     per_channel = inp.per_channel
     if inp.gapwatch:  # the default format: no detour
         return (
@@ -299,10 +303,15 @@ class Batch:
             g = self.groups[key] = ({}, [])
         return g
 
-    def readings(self, received_ms: int, limits: Limits) -> tuple[Reading, ...]:
+    def readings(
+        self, received_ms: int, limits: Limits, *, lenient: bool = False
+    ) -> tuple[Reading, ...]:
+        """The checked readings; ``lenient``: names may hold lone surrogates (``bad_name``)."""
         out: list[Reading] = []
         lost: list[tuple[str, str]] = []
         for (site, device, ts_ms), (values, rejected) in self.groups.items():
+            if lenient:
+                _drop_bad_names(site, device, values, rejected)
             if not values:
                 lost += rejected
                 continue
@@ -317,6 +326,17 @@ class Batch:
             first = out[0]
             out[0] = dataclasses.replace(first, rejected=first.rejected + tuple(lost))
         return tuple(out)
+
+
+def _drop_bad_names(
+    site: str, device: str, values: dict[str, float], rejected: list[tuple[str, str]]
+) -> None:
+    """Channels whose names are not UTF-8 (lone surrogates) move to ``rejected`` as bad_name."""
+    if unencodable(site) or unencodable(device):
+        raise PayloadError("bad_name", f"{site!r}/{device!r} is not encodable as UTF-8")
+    for channel in [c for c in values if unencodable(c)]:
+        del values[channel]
+        rejected.append((channel, "bad_name"))
 
 
 def name_parts(channel_name: str, name: str) -> tuple[str, str]:
@@ -378,7 +398,7 @@ def _flat_json(
     limits: Limits,
     default_site: str,
 ) -> tuple[Reading, ...]:
-    data = loads(payload)
+    data, lenient = loads(payload)
     records = _get(data, c.records_path) if c.records_path and isinstance(data, dict) else data
     if records is _MISSING:
         records = data
@@ -390,7 +410,7 @@ def _flat_json(
     batch = Batch()
     for rec in records:
         _json_record(c, fields, site, rec, per_channel, received_ms, batch)
-    return batch.readings(received_ms, limits)
+    return batch.readings(received_ms, limits, lenient=lenient)
 
 
 def _json_record(  # noqa: PLR0917 - the per-record hot path: positional on purpose

@@ -65,7 +65,7 @@ def decode_senml(
     default_site: str,
 ) -> tuple[Reading, ...]:
     """The readings of a SenML pack (merged by device and time)."""
-    pack = loads(payload)
+    pack, lenient = loads(payload)
     if not isinstance(pack, list) or not pack:
         raise PayloadError("bad_shape", "SenML is a non-empty JSON array of records")
     site = fields.get("site", default_site)
@@ -120,4 +120,4 @@ def decode_senml(
             rejected.append((channel, "bad_value"))
     if not batch.groups:
         raise PayloadError("bad_shape", "a SenML pack without a value record")
-    return batch.readings(received_ms, limits)
+    return batch.readings(received_ms, limits, lenient=lenient)

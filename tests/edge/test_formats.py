@@ -354,3 +354,18 @@ def load_config_entry(entry: str) -> InputConfig:
     import tomllib
 
     return InputConfig(**tomllib.loads(entry))
+
+
+def test_names_with_lone_surrogates_are_bad_name() -> None:
+    r = one("flat/lab/d", b'{"ts": 1699999999, "a": 1, "\\ud800": 2}')
+    assert r.values == {"a": 1.0} and r.rejected == (("\ud800", "bad_name"),)
+    (r,) = decode("senml/lab/d", b'[{"n": "a", "v": 1}, {"n": "b\\udc00", "v": 2}]')
+    assert r.values == {"a": 1.0} and r.rejected == (("b\udc00", "bad_name"),)
+    assert (
+        reason(
+            "tgh/lab", b'{"fields": {"a": 1}, "tags": {"host": "\\ud800"}, "timestamp": 1699999999}'
+        )
+        == "bad_name"
+    )
+    assert reason("flat/lab/d", b'{"ts": 1699999999, "\\ud800": 2}') == "bad_name"
+    assert reason("flat/lab/\ud800", b'{"ts": 1699999999, "a": 1}') == "bad_name"

@@ -37,6 +37,7 @@ REASONS = {
     "non_finite",
     "bad_line",
     "no_device",
+    "bad_name",
 }
 NOW_MS = 1_764_000_000_000
 INPUTS = build_inputs(
@@ -108,7 +109,7 @@ def _check(readings: tuple[Reading, ...], lim: Limits) -> None:
         assert r.values
         for value in r.values.values():
             assert isinstance(value, float) and (math.isfinite(value) or math.isnan(value))
-        assert {reason for _, reason in r.rejected} <= {"bad_value", "non_finite"}
+        assert {reason for _, reason in r.rejected} <= {"bad_value", "non_finite", "bad_name"}
 
 
 @FUZZ

@@ -184,11 +184,7 @@ def decode_input(
         raise PayloadError("bad_name", f"topic {topic!r} is not encodable as UTF-8")
     per_channel = inp.per_channel
     if inp.gapwatch:  # the default format: no detour
-        return (
-            decode_gapwatch(
-                fields, per_channel, payload, received_ms, limits=limits, default_site=default_site
-            ),
-        )
+        return (decode_gapwatch(fields, per_channel, payload, received_ms, limits, default_site),)
     if len(payload) > limits.max_payload_bytes:
         raise PayloadError("oversized", f"{len(payload)} bytes > {limits.max_payload_bytes}")
     return inp.decoder(
@@ -212,9 +208,7 @@ def _gapwatch(
     limits: Limits,
     default_site: str,
 ) -> tuple[Reading, ...]:
-    r = decode_gapwatch(
-        fields, per_channel, payload, received_ms, limits=limits, default_site=default_site
-    )
+    r = decode_gapwatch(fields, per_channel, payload, received_ms, limits, default_site)
     return (r,)
 
 

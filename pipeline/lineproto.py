@@ -30,7 +30,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from edge.errors import SchemaError
+from edge.errors import PayloadError, SchemaError
+from edge.lineproto import parse_line as split_line
 from edge.schema import ScoredTick, canonical_fields, unencodable
 from pipeline.errors import LineProtocolError
 
@@ -402,30 +403,6 @@ class Point:
     time: int
 
 
-def _split_unescaped(text: str, sep: str) -> list[str]:
-    parts, cur, i, in_str = [], [], 0, False
-    while i < len(text):
-        ch = text[i]
-        if ch == "\\" and i + 1 < len(text):
-            cur.append(text[i : i + 2])
-            i += 2
-            continue
-        if ch == '"':
-            in_str = not in_str
-        if ch == sep and not in_str:
-            parts.append("".join(cur))
-            cur = []
-        else:
-            cur.append(ch)
-        i += 1
-    parts.append("".join(cur))
-    return parts
-
-
-def _unescape(text: str) -> str:
-    return text.replace(r"\,", ",").replace(r"\=", "=").replace(r"\ ", " ")
-
-
 def _field_value(raw: str) -> float | int | bool | str:
     if raw.startswith('"'):
         return raw[1:-1].replace('\\"', '"').replace("\\\\", "\\")
@@ -439,18 +416,16 @@ def _field_value(raw: str) -> float | int | bool | str:
 
 
 def parse_line(line: str) -> Point:
-    """Parse one line of line protocol (with timestamp); raise LineProtocolError if malformed."""
+    """Parse one line of line protocol (with timestamp); raise LineProtocolError if malformed.
+
+    The tokenizer is the agent's input parser (:func:`edge.lineproto.parse_line`); this adds
+    typed field values and requires the timestamp InfluxDB writes always carry here.
+    """
     try:
-        head, fields_text, ts = _split_unescaped(line.rstrip("\n"), " ")
-        series = _split_unescaped(head, ",")
-        tags = {}
-        for pair in series[1:]:
-            key, value = _split_unescaped(pair, "=")
-            tags[_unescape(key)] = _unescape(value)
-        fields: dict[str, float | int | bool | str] = {}
-        for pair in _split_unescaped(fields_text, ","):
-            key, value = _split_unescaped(pair, "=")
-            fields[_unescape(key)] = _field_value(value)
-        return Point(series[0].replace(r"\,", ",").replace(r"\ ", " "), tags, fields, int(ts))
-    except ValueError as exc:
+        measurement, tags, raw_fields, ts = split_line(line.rstrip("\n"))
+        if not ts:
+            raise ValueError("no timestamp")
+        fields = {key: _field_value(value) for key, value in raw_fields}
+        return Point(measurement, tags, fields, int(ts))
+    except (PayloadError, ValueError) as exc:
         raise LineProtocolError(f"malformed line {line[:200]!r}: {exc}") from exc

@@ -13,13 +13,14 @@ Channels, one reading per tick (1 s by default)::
     temp_motor  degC   winding temperature, lagging current^2 (time constant ~10 min)
     temp_fluid  degC   water temperature, lagging ambient and pump heat (~30 min)
 
-Operating points change (speed set points, valve positions) at random times with a short
-ramp; ambient temperature and mains voltage drift over the day; every sensor has its own
+Operating points change (three drive speeds, three valve positions) at random times with a
+short ramp; ambient temperature and mains voltage drift over the day; every sensor has its own
 noise. Faults, each a labelled segment (``anomaly`` 1, ``fault`` its kind):
 
 - ``cavitation``: the pump loses head, pressure and flow fluctuate, pump vibration jumps;
-- ``bearing_wear``: motor vibration grows, the motor runs hotter and draws a little more;
-- ``sticking_valve``: the valve sticks and slips (a saw-tooth in flow and pressure);
+- ``bearing_wear``: motor vibration grows, friction makes the motor draw more current;
+- ``sticking_valve``: the valve sticks and slips around its set point (a saw-tooth in flow
+  and pressure);
 - ``leak``: water leaves before the flow meter: less flow metered, lower pressure, the pump
   working harder;
 - ``sensor_drift``: one sensor's reading walks away from the truth;
@@ -49,6 +50,7 @@ from numpy.typing import NDArray
 __all__ = [
     "CHANNELS",
     "FAULT_KINDS",
+    "HISTORY_FILE",
     "UNITS",
     "DeviceRun",
     "Fault",
@@ -93,6 +95,9 @@ FAULT_KINDS = (
 )
 # Sensor noise (one standard deviation) per channel, in the channel's unit.
 NOISE = np.array([0.25, 0.006, 0.08, 0.6, 0.04, 0.03, 0.08, 0.05])
+# The rig's operating points: drive speed (fraction of full) and valve opening set points.
+SPEEDS = (0.8, 0.9, 1.0)
+VALVES = (0.7, 0.85, 1.0)
 # Channels a sensor fault (drift, stuck-at) can hit.
 SENSOR_FAULT_CHANNELS = ("flow", "pressure", "current", "temp_fluid")
 HISTORY_FILE = "fleet.json"
@@ -195,17 +200,21 @@ def _lag(x: NDArray[np.float64], tau_ticks: float, start: float) -> NDArray[np.f
     return out
 
 
+def _other(r: np.random.Generator, levels: Sequence[float], current: float) -> float:
+    return float(r.choice([v for v in levels if v != current]))
+
+
 def _steps(
-    r: np.random.Generator, n: int, every: float, span: tuple[float, float], first: float
+    r: np.random.Generator, n: int, every: float, levels: Sequence[float]
 ) -> NDArray[np.float64]:
-    """A piecewise-constant set point: new levels at Poisson times, each held until the next."""
+    """A set point: one of ``levels``, another at Poisson times, each held until the next."""
     level = np.empty(n)
-    i, value = 0, first
+    i, value = 0, float(r.choice(levels))
     while i < n:
-        hold = max(30, round(r.exponential(every)))
+        hold = max(60, round(r.exponential(every)))
         level[i : i + hold] = value
         i += hold
-        value = r.uniform(*span)
+        value = _other(r, levels, value)
     return level
 
 
@@ -273,12 +282,12 @@ def simulate_device(
     every = config.change_every_s / dt
     schedule = _schedule(config, rf, device, index, n) if faults else []
     # set points: drive speed (fraction of full) and valve opening, ramped by the actuators
-    speed_sp = _steps(r, n, every, (0.72, 1.0), r.uniform(0.8, 0.95))
-    valve_sp = _steps(r, n, 2.5 * every, (0.6, 1.0), r.uniform(0.75, 1.0))
+    speed_sp = _steps(r, n, every, SPEEDS)
+    valve_sp = _steps(r, n, 2.5 * every, VALVES)
     for f in schedule:  # a stuck sensor only shows when the process moves: move it mid-way
         if f.kind == "stuck_at":
             mid = (f.start + f.stop) // 2
-            speed_sp[mid : f.stop] = np.clip(speed_sp[f.start] + rf.choice([-0.15, 0.15]), 0.7, 1)
+            speed_sp[mid : f.stop] = _other(rf, SPEEDS, float(speed_sp[mid]))
     speed = _lag(speed_sp, 15.0 / dt, float(speed_sp[0]))
     valve = _lag(valve_sp, 8.0 / dt, float(valve_sp[0]))
     ambient = (
@@ -295,7 +304,7 @@ def simulate_device(
     # valve sticking: the opening holds, then slips, a saw-tooth of period ~40 s
     period = 40.0 / dt
     saw = (np.arange(n) % period) / period
-    valve = valve * (1.0 - 0.35 * sev["sticking_valve"] * saw)
+    valve = valve * (1.0 - 0.35 * sev["sticking_valve"] * (saw - 0.5))
 
     # hydraulics: pump curve H = H0 s^2 - k Q^2 meets system curve H = Hs + R/v^2 Q^2
     cav = sev["cavitation"]
@@ -323,7 +332,7 @@ def simulate_device(
     vib_pump = vib_pump * (1.0 + cav * (1.2 + 0.5 * np.abs(churn[1])))
     vib_motor = rig.vib_motor * speed**2 * (1.0 + 1.8 * wear)
     # temperatures lag their causes
-    drive = ambient + 25.0 + rig.temp_rise * current**2 + 9.0 * wear
+    drive = ambient + 25.0 + rig.temp_rise * current**2
     temp_motor = _lag(drive, 600.0 / dt, float(drive[0]))
     heat = 0.8 * p_shaft
     temp_fluid = _lag(ambient + 4.0 + heat, 1800.0 / dt, float(ambient[0] + 4.0 + heat[0]))

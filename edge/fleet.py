@@ -14,8 +14,10 @@ Channels, one reading per tick (1 s by default)::
     temp_fluid  degC   water temperature, lagging ambient and pump heat (~30 min)
 
 Operating points change (three drive speeds, three valve positions) at random times with a
-short ramp; ambient temperature and mains voltage drift over the day; every sensor has its own
-noise. Faults, each a labelled segment (``anomaly`` 1, ``fault`` its kind):
+short ramp; ambient temperature and mains voltage drift over the day. Two kinds of noise: process
+noise (drive speed ripple, turbulence at the valve, mains flicker) that moves every coupled
+channel together, and each sensor's own white noise. Faults, each a labelled segment
+(``anomaly`` 1, ``fault`` its kind):
 
 - ``cavitation``: the pump loses head, pressure and flow fluctuate, pump vibration jumps;
 - ``bearing_wear``: motor vibration grows, friction makes the motor draw more current;
@@ -94,7 +96,7 @@ FAULT_KINDS = (
     "spikes",
 )
 # Sensor noise (one standard deviation) per channel, in the channel's unit.
-NOISE = np.array([0.25, 0.006, 0.08, 0.6, 0.04, 0.03, 0.08, 0.05])
+NOISE = np.array([0.12, 0.004, 0.03, 0.3, 0.04, 0.03, 0.08, 0.05])
 # The rig's operating points: drive speed (fraction of full) and valve opening set points.
 SPEEDS = (0.8, 0.9, 1.0)
 VALVES = (0.7, 0.85, 1.0)
@@ -200,6 +202,18 @@ def _lag(x: NDArray[np.float64], tau_ticks: float, start: float) -> NDArray[np.f
     return out
 
 
+def _wobble(r: np.random.Generator, n: int, tau_ticks: float, sd: float) -> NDArray[np.float64]:
+    """Stationary AR(1) noise: standard deviation ``sd``, correlation time ``tau_ticks``."""
+    a = math.exp(-1.0 / max(tau_ticks, 1e-9))
+    e = r.standard_normal(n) * sd * math.sqrt(1.0 - a * a)
+    out = np.empty(n)
+    y = float(r.standard_normal()) * sd
+    for i, v in enumerate(e.tolist()):
+        y = a * y + v
+        out[i] = y
+    return out
+
+
 def _other(r: np.random.Generator, levels: Sequence[float], current: float) -> float:
     return float(r.choice([v for v in levels if v != current]))
 
@@ -288,8 +302,13 @@ def simulate_device(
         if f.kind == "stuck_at":
             mid = (f.start + f.stop) // 2
             speed_sp[mid : f.stop] = _other(rf, SPEEDS, float(speed_sp[mid]))
-    speed = _lag(speed_sp, 15.0 / dt, float(speed_sp[0]))
-    valve = _lag(valve_sp, 8.0 / dt, float(valve_sp[0]))
+    # process noise, shared by every channel the physics couples: drive speed ripple,
+    # turbulence at the valve, mains flicker (each a first-order autoregressive wobble)
+    ripple = _wobble(r, n, 4.0 / dt, 0.006)
+    turbulence = _wobble(r, n, 2.0 / dt, 0.015)
+    flicker = _wobble(r, n, 3.0 / dt, 0.8)
+    speed = _lag(speed_sp, 15.0 / dt, float(speed_sp[0])) * (1.0 + ripple)
+    valve = _lag(valve_sp, 8.0 / dt, float(valve_sp[0])) * (1.0 + turbulence)
     ambient = (
         20.0
         + 4.0 * np.sin(2 * math.pi * t_s / DAY_S + rig.phase)
@@ -324,6 +343,7 @@ def simulate_device(
         rig.mains_v
         + 3.0 * np.sin(2 * math.pi * t_s / DAY_S + rig.phase + 1.0)
         + np.cumsum(r.normal(0.0, 0.01 * math.sqrt(dt), n))
+        + flicker
     )
     current = p_shaft * 1000.0 / (math.sqrt(3) * voltage_true * 0.86 * rig.motor_eff)
     voltage = voltage_true - 0.12 * current

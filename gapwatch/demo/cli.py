@@ -9,7 +9,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -198,8 +198,8 @@ def _parser() -> argparse.ArgumentParser:
     live.add_argument(
         "--epochs",
         type=int,
-        default=int(_env("epochs", "30") or 1),
-        help="training epochs of the demo bundle (%(default)s)",
+        default=int(_env("epochs", "0") or 0) or None,
+        help="training epochs of the demo bundle (30; the simulated fleet's: 10)",
     )
     live.add_argument(
         "--no-dashboard",
@@ -411,7 +411,12 @@ def _online(args: argparse.Namespace, state: Path, progress: _Progress) -> int:
         else:
             what = f"the normal rows of {len(files)} files"
         name = {SOURCE_SKAB: "skab", SOURCE_FLEET: FLEET_NAME}.get(source, "demo")
-        settings = TrainSettings(name=name, epochs=args.epochs)
+        if source == SOURCE_FLEET:
+            from gapwatch.demo.fleet import FLEET_TRAIN
+
+            settings = replace(FLEET_TRAIN, epochs=args.epochs or FLEET_TRAIN.epochs)
+        else:
+            settings = TrainSettings(name=name, epochs=args.epochs or 30)
         progress.stage(
             f"demo bundle: training on {what}, unless the last one was trained on the same "
             "files and settings"

@@ -20,8 +20,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from edge.fleet import HISTORY_FILE, FleetConfig, simulate_fleet, write_history
+from gapwatch.demo.bundle import FLEET_NAME, TrainSettings
 
-__all__ = ["FLEET_PROVENANCE", "FleetSettings", "fleet_history", "fleet_replay"]
+__all__ = ["FLEET_PROVENANCE", "FLEET_TRAIN", "FleetSettings", "fleet_history", "fleet_replay"]
 
 # 2026-01-02T00:00:00Z: the replay's first stamp before re-basing; history ends where it starts
 REPLAY_START_MS = 1_767_312_000_000
@@ -34,13 +35,18 @@ FLEET_PROVENANCE = {
 }
 
 
+# How the fleet's bundle is trained (`--train`, and the one shipped in gapwatch/demo/model/fleet/):
+# a smaller model and fewer epochs than for files, over 8 rigs x 6 h of history.
+FLEET_TRAIN = TrainSettings(name=FLEET_NAME, epochs=10, hidden=128)
+
+
 @dataclass(frozen=True)
 class FleetSettings:
     """The simulated fleet the demo replays (and trains on)."""
 
     devices: int = 8
     minutes: float = 60.0  # of each device's replay
-    history_hours: float = 2.0  # of fault-free history per device, to train on
+    history_hours: float = 6.0  # of fault-free history per device, to train on
     seed: int = 0
 
     @property

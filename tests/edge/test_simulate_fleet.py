@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge.fleet import CHANNELS, FleetConfig, simulate_fleet
+from edge.fleet import CHANNELS, FAULT_KINDS, FleetConfig, simulate_fleet
 from edge.simulate import Series, catch_up_start, fleet_gaps, main, read_series
 
 START = 1_767_225_600_000
@@ -81,7 +81,7 @@ def test_fleet_cli_refuses_files_and_bad_values(
 
 @pytest.mark.integration
 def test_live_fleet_reaches_a_subscriber_in_the_agent_payload_format(
-    mqtt_addr: tuple[str, int],
+    mqtt_addr: tuple[str, int], tmp_path: Path
 ) -> None:
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
@@ -101,6 +101,7 @@ def test_live_fleet_reaches_a_subscriber_in_the_agent_payload_format(
         before = time.time() * 1000
         argv = ["--fleet", "2", "--duration", "200", "--speed", "0", "--site", site]
         argv += ["--mqtt", f"{host}:{port}", "--drop-rate", "0.05", "--seed", "2"]
+        argv += ["--labels", str(tmp_path / "labels.json"), "--truth", str(tmp_path / "t.csv")]
         assert main(argv) == 0
         after = time.time() * 1000
         expected = 2 * 200 - 2 * 30  # every device silent for 30 s
@@ -130,3 +131,26 @@ def test_live_fleet_reaches_a_subscriber_in_the_agent_payload_format(
         assert quiet and all(CHANNELS[k] not in p["values"] for p in quiet)
         dropped = sum(len(CHANNELS) - len(p["values"]) for p in rows if p not in quiet)
         assert dropped > 0  # random drops
+    # 200 s is shorter than the clean start: no fault segment, and the labels say so
+    assert json.loads((tmp_path / "labels.json").read_text()) == []
+    truth_rows = (tmp_path / "t.csv").read_text().splitlines()
+    sent_values = sum(len(p["values"]) for _, p in got)
+    assert len(truth_rows) - 1 == 2 * 200 * len(CHANNELS) - sent_values  # what was withheld
+
+
+@pytest.mark.integration
+def test_live_fleet_labels_name_the_faults_it_sent(
+    mqtt_addr: tuple[str, int], tmp_path: Path
+) -> None:
+    host, port = mqtt_addr
+    site = f"fleet-{uuid.uuid4().hex[:8]}"
+    labels = tmp_path / "labels.json"
+    before = time.time() * 1000
+    argv = ["--fleet", "2", "--duration", "1500", "--speed", "0", "--site", site]
+    assert main([*argv, "--mqtt", f"{host}:{port}", "--labels", str(labels)]) == 0
+    segments = json.loads(labels.read_text())
+    assert {s["device"] for s in segments} == {"pump-01", "pump-02"}
+    for s in segments:
+        assert s["kind"] in FAULT_KINDS and s["stop"] > s["start"] >= FleetConfig().clean_ticks
+        # stamped like the readings: the run ends when it started sending
+        assert before - 1500 * 1000 <= s["start_ms"] < s["stop_ms"] <= time.time() * 1000

@@ -20,7 +20,7 @@ help:
 	@echo "make test        start the local stack if needed, lint, run pytest against real services"
 	@echo "make stack-up    deploy/local/stack up    (Mosquitto, Kafka, InfluxDB on loopback)"
 	@echo "make stack-down  deploy/local/stack down"
-	@echo "make demo        the end-to-end demo: train, replay SKAB over MQTT, print the summary"
+	@echo "make demo        the end-to-end demo: SKAB (../shared/data) or the simulated fleet, live over MQTT"
 	@echo "make demo-down   stop what make demo started (agent, sink, dashboard, the stack)"
 	@echo "make edge-tarball  dist/gapwatch-edge-<version>-linux-{aarch64,x86_64}.tar.gz (offline installer)"
 

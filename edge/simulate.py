@@ -12,6 +12,16 @@ so the agent's grid follows the data's own time (event time) at any ``--speed``.
 on purpose (``--drop-rate``, ``--outage``, ``--device-outage``) are left out of the messages and
 their true values written to ``--truth`` (``device,ts_ms,channel,value``), so imputation can be
 scored against them. Cells empty in the file are sent as ``null`` and are not in the truth.
+
+``--fleet N`` needs no file: N simulated pump rigs (:mod:`edge.fleet`, deterministic from
+``--seed``) run for ``--duration`` simulated seconds, stamped with the wall clock. At
+``--speed 1`` each reading is stamped when it is sent; faster, the run is the recent past
+caught up with: the last reading is stamped when it is sent and every earlier one a tick
+before the next, so no stamp is ever in the future. Transport gaps: random drops
+(``--drop-rate``), one channel silent for ``--channel-outage`` seconds and the whole device
+silent for ``--device-outage`` seconds (each device its own channel, at 30 % and 60 % of the
+run). ``--write-history DIR --days D`` writes D simulated days as CSV files instead (with
+labelled faults, or ``--normal`` for fault-free history to train on), and sends nothing.
 """
 
 from __future__ import annotations
@@ -36,7 +46,17 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["Gaps", "Outage", "Series", "device_name", "main", "plan_gaps", "read_series"]
+__all__ = [
+    "Gaps",
+    "Outage",
+    "Series",
+    "catch_up_start",
+    "device_name",
+    "fleet_gaps",
+    "main",
+    "plan_gaps",
+    "read_series",
+]
 
 log = logging.getLogger(__name__)
 TIME_COLUMNS = ("datetime", "timestamp", "time", "ts")
@@ -179,6 +199,39 @@ def messages(series: Series, gaps: Gaps) -> Iterator[tuple[int, dict[str, object
             yield int(series.ts_ms[i]), {"ts": int(series.ts_ms[i]), "values": values}
 
 
+def fleet_gaps(
+    series: Sequence[Series],
+    drop_rate: float,
+    channel_outage_s: float,
+    device_outage_s: float,
+    rng: np.random.Generator,
+) -> list[Gaps]:
+    """Transport gaps of a simulated fleet: drops everywhere, device k's channel k silent for
+    ``channel_outage_s`` at 30 % of its run, the whole device silent for ``device_outage_s``
+    at 60 % (0 s: none)."""
+    out: list[Gaps] = []
+    for k, s in enumerate(series):
+        span = (int(s.ts_ms[-1]) - int(s.ts_ms[0])) / 1000.0 if len(s.ts_ms) else 0.0
+        planned = [
+            Outage(s.channels[k % len(s.channels)], 0.3 * span, channel_outage_s),
+            Outage(None, 0.6 * span, device_outage_s),
+        ]
+        out.append(plan_gaps(s, drop_rate, [o for o in planned if o.seconds > 0], rng))
+    return out
+
+
+def catch_up_start(now_ms: int, ticks: int, tick_ms: int, speed: float) -> int:
+    """The first stamp of a live run of ``ticks`` ticks sent at ``speed`` from ``now_ms``.
+
+    Tick k is sent at ``now + k * tick / speed`` (all at once when ``speed`` is 0) and stamped
+    so that the last tick's stamp is its send time and stamps are ``tick_ms`` apart: real time
+    at speed 1, the recent past catching up with the clock when faster. Never in the future.
+    """
+    span = (ticks - 1) * tick_ms
+    sent_last = now_ms + (round(span / speed) if speed > 0 else 0)
+    return sent_last - span
+
+
 def write_truth(path: Path, all_series: Sequence[Series], all_gaps: Sequence[Gaps]) -> int:
     n = 0
     with path.open("w", newline="", encoding="utf-8") as fh:
@@ -196,16 +249,63 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gapwatch simulate",
         description="Replay CSV files (one file = one device) as JSON messages over MQTT, "
-        "keeping their original timestamps, with gaps injected and their true values saved.",
+        "keeping their original timestamps, with gaps injected and their true values saved; "
+        "or, with --fleet N, stream a simulated fleet of pump rigs stamped with the wall clock "
+        "(or write its history as CSV with --write-history).",
         epilog="examples:\n"
         "  gapwatch simulate ../shared/data/skab/valve1/0.csv --mqtt 127.0.0.1:1883 --speed 10 \\\n"
         "      --outage Pressure:120:30 --device-outage 300:20 --truth truth.csv --seed 1\n"
-        "  gapwatch simulate a.csv b.csv --speed 0    # as fast as possible\n\n"
+        "  gapwatch simulate a.csv b.csv --speed 0    # as fast as possible\n"
+        "  gapwatch simulate --fleet 8 --speed 10 --duration 900 --drop-rate 0.01\n"
+        "  gapwatch simulate --fleet 8 --write-history hist/ --days 1 --normal\n\n"
         "START is seconds after the file's first row, or an ISO time. Environment:\n"
-        "GAPWATCH_SIM_MQTT, GAPWATCH_SIM_SITE, GAPWATCH_SIM_SPEED, GAPWATCH_SIM_SEED.",
+        "GAPWATCH_SIM_MQTT, GAPWATCH_SIM_SITE, GAPWATCH_SIM_SPEED, GAPWATCH_SIM_SEED,\n"
+        "GAPWATCH_SIM_FLEET, GAPWATCH_SIM_DURATION.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    p.add_argument("files", nargs="*", type=Path, metavar="FILE")
+    f = p.add_argument_group("simulated fleet (no files)")
+    f.add_argument(
+        "--fleet",
+        type=int,
+        default=int(env("GAPWATCH_SIM_FLEET", "0")),
+        metavar="N",
+        help="simulate N pump rigs instead of replaying files (edge.fleet)",
+    )
+    f.add_argument(
+        "--duration",
+        type=float,
+        default=float(env("GAPWATCH_SIM_DURATION", "3600")),
+        help="simulated seconds of a live fleet run (%(default)s)",
+    )
+    f.add_argument(
+        "--no-faults", action="store_true", help="live: no fault segments, normal operation only"
+    )
+    f.add_argument(
+        "--channel-outage",
+        type=float,
+        default=60.0,
+        help="seconds one channel of each device is silent, live (%(default)s; 0 = none)",
+    )
+    f.add_argument(
+        "--silent-device",
+        type=float,
+        default=30.0,
+        help="seconds each device is silent, live (%(default)s; 0 = none)",
+    )
+    f.add_argument("--labels", type=Path, help="live: write the fault segments here (JSON)")
+    f.add_argument(
+        "--write-history",
+        type=Path,
+        metavar="DIR",
+        help="write --days of history as one CSV per device (and fleet.json) and exit",
+    )
+    f.add_argument("--days", type=float, default=1.0, help="simulated days to write (%(default)s)")
+    f.add_argument("--normal", action="store_true", help="history without faults (to train on)")
+    f.add_argument(
+        "--start",
+        help="history: first stamp, ISO 8601 (default: midnight UTC --days before today)",
+    )
     p.add_argument(
         "--mqtt", default=env("GAPWATCH_SIM_MQTT", "127.0.0.1:1883"), help="HOST:PORT of the broker"
     )
@@ -254,6 +354,11 @@ def main(argv: list[str]) -> int:
     if not 0 <= args.drop_rate < 1 or args.speed < 0:
         sys.stderr.write("gapwatch simulate: --drop-rate must be in [0, 1) and --speed >= 0\n")
         return 2
+    if args.fleet or args.write_history:
+        return _fleet(args)
+    if not args.files:
+        sys.stderr.write("gapwatch simulate: give CSV files to replay, or --fleet N\n")
+        return 2
     try:
         outages = [parse_outage(o, True) for o in args.outage]
         outages += [parse_outage(o, False) for o in args.device_outage]
@@ -271,13 +376,86 @@ def main(argv: list[str]) -> int:
         sys.stdout.write(f"truth: {n} withheld values -> {args.truth}\n")
     topics = [args.topic.format(site=args.site, device=s.device) for s in series]
     streams = [
-        ((ts, k, topics[k], p) for ts, p in messages(s, g))
-        for k, (s, g) in enumerate(zip(series, gaps, strict=True))
+        _stream(k, topics[k], s, g) for k, (s, g) in enumerate(zip(series, gaps, strict=True))
     ]
     total = sum(int((~g.silent).sum()) for g in gaps)
     sent = _publish(heapq.merge(*streams), host, int(port), args, total)
     sys.stdout.write(f"published {sent} messages from {len(series)} devices to {args.mqtt}\n")
     return 0
+
+
+def _fleet(args: argparse.Namespace) -> int:
+    from edge.fleet import FleetConfig, simulate_fleet, write_history
+
+    if args.files:
+        sys.stderr.write("gapwatch simulate: --fleet simulates its devices; give no FILE\n")
+        return 2
+    config = FleetConfig(devices=args.fleet or 8, seed=args.seed)
+    tick_ms = round(config.tick_seconds * 1000)
+    if args.write_history:
+        if args.days <= 0:
+            sys.stderr.write("gapwatch simulate: --days must be > 0\n")
+            return 2
+        ticks = round(args.days * 86_400 / config.tick_seconds)
+        if args.start:
+            try:
+                start_ms = _parse_time(args.start, UTC)
+            except ValueError as exc:
+                sys.stderr.write(f"gapwatch simulate: --start {args.start!r}: {exc}\n")
+                return 2
+        else:
+            today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+            start_ms = round((today - timedelta(days=args.days)).timestamp() * 1000)
+        runs = simulate_fleet(config, start_ms, ticks, faults=not args.normal, stream=0)
+        paths = write_history(args.write_history, runs, config)
+        sys.stdout.write(
+            f"wrote {len(paths)} devices x {ticks:,} ticks "
+            f"({'normal' if args.normal else 'with labelled faults'}) to {args.write_history}\n"
+        )
+        return 0
+    if args.duration < 2 * config.tick_seconds:
+        sys.stderr.write("gapwatch simulate: --duration must cover at least two ticks\n")
+        return 2
+    host, _, port = args.mqtt.rpartition(":")
+    if not host or not port.isdigit():
+        sys.stderr.write(f"gapwatch simulate: --mqtt {args.mqtt!r}: use HOST:PORT\n")
+        return 2
+    ticks = int(args.duration / config.tick_seconds)
+    start_ms = catch_up_start(round(time.time() * 1000), ticks, tick_ms, args.speed)
+    start_ms -= start_ms % tick_ms
+    runs = simulate_fleet(config, start_ms, ticks, faults=not args.no_faults, stream=1)
+    series = [Series(r.device, r.ts_ms, r.channels, r.values) for r in runs]
+    rng = np.random.default_rng([args.seed, 1])
+    gaps = fleet_gaps(series, args.drop_rate, args.channel_outage, args.silent_device, rng)
+    if args.truth:
+        n = write_truth(args.truth, series, gaps)
+        sys.stdout.write(f"truth: {n} withheld values -> {args.truth}\n")
+    if args.labels:
+        segments = [
+            {**f.__dict__, "start_ms": int(r.ts_ms[f.start]), "stop_ms": int(r.ts_ms[f.stop - 1])}
+            for r in runs
+            for f in r.faults
+        ]
+        args.labels.write_text(json.dumps(segments, indent=2) + "\n", encoding="utf-8")
+    topics = [args.topic.format(site=args.site, device=s.device) for s in series]
+    streams = [
+        _stream(k, topics[k], s, g) for k, (s, g) in enumerate(zip(series, gaps, strict=True))
+    ]
+    total = sum(int((~g.silent).sum()) for g in gaps)
+    sent = _publish(heapq.merge(*streams), host, int(port), args, total)
+    sys.stdout.write(
+        f"published {sent} messages from a simulated fleet of {len(series)} devices "
+        f"to {args.mqtt}\n"
+    )
+    return 0
+
+
+def _stream(
+    k: int, topic: str, series: Series, gaps: Gaps
+) -> Iterator[tuple[int, int, str, dict[str, object]]]:
+    """One device's ``(ts, device index, topic, payload)`` items, for :func:`heapq.merge`."""
+    for ts, payload in messages(series, gaps):
+        yield ts, k, topic, payload
 
 
 def _publish(

@@ -93,6 +93,34 @@ def test_offline_demo_runs_with_only_the_edge_and_report_extras(tmp_path: Path) 
         assert (state / "offline" / name).stat().st_size > 0
     assert "data:image/png;base64," in (state / "offline" / "report.html").read_text()
 
+    # A bare clone's run: no shared data, no --data -> the simulated fleet and its bundle,
+    # shipped in the wheel (and no SKAB file in it: GPL-3.0 data never ships).
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    argv = ["demo", "--offline", "--state-dir", str(tmp_path / "s2"), "--fleet-devices", "2"]
+    fleet = subprocess.run(
+        [str(venv / "bin" / "gapwatch"), *argv, "--fleet-minutes", "15"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "GAPWATCH_DATA_DIR": str(empty)},
+    )
+    assert fleet.returncode == 0, fleet.stderr[-3000:]
+    assert "simulated fleet" in fleet.stderr and "fleet/" in fleet.stdout
+    site = run(
+        [str(py), "-c", "import gapwatch, pathlib; print(pathlib.Path(gapwatch.__file__).parent)"],
+        tmp_path,
+    )
+    packages = Path(site.stdout.strip()).parent
+    shipped_csv = [
+        p
+        for name in ("gapwatch", "edge", "training", "pipeline")
+        for p in (packages / name).rglob("*.csv")
+    ]
+    assert shipped_csv == [], shipped_csv
+
     # The console script itself, and the agent's help, work without torch in this venv.
     helped = run([str(venv / "bin" / "gapwatch"), "--help"], tmp_path)
     assert helped.returncode == 0, helped.stderr

@@ -178,21 +178,25 @@ def test_cli_offline_writes_report_csv_and_summary(tmp_path: Path, bundle: Bundl
     assert (out / "scored.csv").stat().st_size > 0
 
 
-def test_cli_without_data_says_how_to_point_at_a_csv(tmp_path: Path) -> None:
+def test_cli_with_missing_data_says_how_to_point_at_a_csv(tmp_path: Path) -> None:
+    # no data at all runs the simulated fleet (tests/test_demo_fleet.py); a wrong --data does not
     result = run_cli(
         "--offline",
         "--state-dir",
         str(tmp_path),
+        "--data",
+        str(tmp_path / "missing.csv"),
         env={"GAPWATCH_DATA_DIR": str(tmp_path / "none"), "GAPWATCH_DEMO_DATA": ""},
     )
     assert result.returncode == 2
     assert "GAPWATCH_DEMO_DATA" in result.stderr and "--data" in result.stderr
+    assert not (tmp_path / "fleet").exists()
 
 
 def test_cli_help_teaches_both_modes() -> None:
     result = run_cli("--help")
     assert result.returncode == 0
-    for text in ("--offline", "--down", "GAPWATCH_DEMO_DATA", "make demo", "--duration"):
+    for text in ("--offline", "--down", "GAPWATCH_DEMO_DATA", "make demo", "--duration", "fleet"):
         assert text in result.stdout
 
 

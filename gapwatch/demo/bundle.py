@@ -3,8 +3,11 @@
 Offline (``gapwatch demo --offline``, the ``edge`` extra only, so no training), in this order:
 
 1. ``--bundle`` (a version directory, or a model directory: its CURRENT, else newest version);
-2. the bundle ``make demo`` trained, under ``<state>/bundles/``;
-3. the small SKAB bundle shipped in the package (``gapwatch/demo/model/skab/<version>/``).
+2. the bundle ``make demo`` trained, under ``<state>/bundles/``, if it reads the replay's
+   channels;
+3. a bundle shipped in the package: ``gapwatch/demo/model/fleet/<version>/`` (trained on the
+   simulated fleet, :mod:`gapwatch.demo.fleet`) for the fleet, else the small SKAB bundle
+   ``gapwatch/demo/model/skab/<version>/``.
 
 Online (``gapwatch demo``), unless ``--bundle`` is given, :func:`ensure_trained` trains on the
 normal rows of the replay files and reuses the previous bundle when the files (by content) and
@@ -28,6 +31,7 @@ from edge.errors import EdgeError
 from gapwatch.demo.errors import BundleNotFound, DemoError
 
 __all__ = [
+    "FLEET_NAME",
     "PACKAGED_NAME",
     "TrainSettings",
     "ensure_trained",
@@ -40,6 +44,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 PACKAGED_NAME = "skab"
+FLEET_NAME = "fleet"
 INDEX_FILE = "trained.json"
 SKAB_PROVENANCE = {
     "source": (
@@ -83,17 +88,38 @@ def _trained_dir(state: Path) -> Path | None:
     return path if (path / "manifest.json").is_file() else None
 
 
-def resolve_offline(given: str | None, state: Path) -> tuple[Path, str]:
-    """``(version directory, where it came from)`` for the offline demo."""
+def _reads(path: Path, channels: Sequence[str] | None) -> bool:
+    """True when the bundle at ``path`` needs only channels the replay has."""
+    if channels is None:
+        return True
+    try:
+        manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+        names = [str(c["name"]) for c in manifest["channels"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return set(names) <= set(channels)
+
+
+def resolve_offline(
+    given: str | None,
+    state: Path,
+    *,
+    packaged: str = PACKAGED_NAME,
+    channels: Sequence[str] | None = None,
+) -> tuple[Path, str]:
+    """``(version directory, where it came from)`` for the offline demo.
+
+    ``channels``: the replay's; a trained bundle that needs others is passed over.
+    """
     if given:
         try:
             return resolve_bundle_dir(given), "--bundle"
         except EdgeError as exc:
             raise BundleNotFound(f"--bundle {given}: {exc}") from exc
     trained = _trained_dir(state)
-    if trained is not None:
+    if trained is not None and _reads(trained, channels):
         return trained, f"trained by `make demo` ({state / 'bundles'})"
-    shipped = packaged_dir()
+    shipped = packaged_dir(packaged)
     if shipped is not None:
         return shipped, "shipped with the package"
     raise BundleNotFound(

@@ -9,7 +9,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -38,14 +38,24 @@ what it does (live, the default; needs the local stack: `make demo` starts it):
 
 --offline: the same replay through the agent's alignment and scoring core in this process, no
   services and no training (edge extra + matplotlib): scores with --bundle, else the bundle
-  `make demo` trained, else the small SKAB bundle shipped in the package. Writes
-  STATE/offline/scored.csv, report.html and summary.json.
+  `make demo` trained (if it reads the replay's channels), else a bundle shipped in the
+  package (the simulated fleet's, or the small SKAB one). Writes STATE/offline/scored.csv,
+  report.html and summary.json.
 
 data:
   default: the SKAB development files in $GAPWATCH_DATA_DIR/skab or ../shared/data/skab
-  (anomaly-free, valve1/0-15, other/1-9). Your own: --data FILE_OR_DIR (repeatable) or
-  {DATA_ENV}=a.csv{os.pathsep}b.csv: one CSV per device, a time column (timestamp, datetime,
-  time or ts), numeric channels, optionally an 'anomaly' column of 0/1 labels.
+  (anomaly-free, valve1/0-15, other/1-9); where they are not (a fresh clone), the embedded
+  simulated fleet: --fleet-devices pump rigs (edge.fleet: flow, pressure, current, voltage,
+  two vibrations, two temperatures) for --fleet-minutes each, with labelled faults
+  (cavitation, bearing wear, sticking valve, leak, sensor drift, stuck-at, spikes), written
+  to STATE/fleet/. Live, the fleet is scored by the bundle shipped for it, or with --train by
+  one trained on the fleet's simulated fault-free history. Your own: --data FILE_OR_DIR
+  (repeatable) or {DATA_ENV}=a.csv{os.pathsep}b.csv: one CSV per device, a time column
+  (timestamp, datetime, time or ts), numeric channels, optionally an 'anomaly' column of 0/1
+  labels.
+
+  Live, each file's stamps are moved to the present (its newest reading stamped when it is
+  sent), so the dashboard's default view shows the run; --keep-time keeps the files' own.
 
 environment:
   every option as {ENV}<OPTION>, e.g. {ENV}SPEED=50, {ENV}OFFLINE=1; the stack's addresses
@@ -92,6 +102,18 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         metavar="FILE_OR_DIR",
         help=f"CSV files or folders to replay, one file per device [env {DATA_ENV}]",
+    )
+    p.add_argument(
+        "--fleet-devices",
+        type=int,
+        default=int(_env("fleet_devices", "8") or 8),
+        help="pump rigs of the simulated fleet, when it is the data (%(default)s)",
+    )
+    p.add_argument(
+        "--fleet-minutes",
+        type=float,
+        default=float(_env("fleet_minutes", "60") or 60),
+        help="simulated minutes per rig (%(default)s)",
     )
     p.add_argument(
         "--rows",
@@ -162,10 +184,23 @@ def _parser() -> argparse.ArgumentParser:
         help="instead: one replay speed for every file, x real time; 0 = as fast as possible",
     )
     live.add_argument(
+        "--keep-time",
+        action="store_true",
+        default=_flag("keep_time"),
+        help="publish the files' own timestamps (default: re-based to the present)",
+    )
+    live.add_argument(
+        "--train",
+        action="store_true",
+        default=_flag("train"),
+        help="simulated fleet: train on its fault-free history instead of using the bundle "
+        "shipped for it",
+    )
+    live.add_argument(
         "--epochs",
         type=int,
-        default=int(_env("epochs", "30") or 1),
-        help="training epochs of the demo bundle (%(default)s)",
+        default=int(_env("epochs", "0") or 0) or None,
+        help="training epochs of the demo bundle (30; the simulated fleet's: 10)",
     )
     live.add_argument(
         "--no-dashboard",
@@ -235,14 +270,40 @@ class _Progress:
         step(-1)
 
 
-def _files(args: argparse.Namespace) -> tuple[list[Path], bool]:
-    """``(files, are they the default SKAB set)``."""
+SOURCE_GIVEN, SOURCE_SKAB, SOURCE_FLEET = "given", "skab", "fleet"
+
+
+def _fleet_settings(args: argparse.Namespace) -> Any:
+    from gapwatch.demo.fleet import FleetSettings
+
+    if args.fleet_devices < 1 or args.fleet_minutes <= 0:
+        raise DataNotFound("--fleet-devices must be >= 1 and --fleet-minutes > 0")
+    return FleetSettings(devices=args.fleet_devices, minutes=args.fleet_minutes, seed=args.seed)
+
+
+def _files(
+    args: argparse.Namespace, state: Path, progress: _Progress | None = None
+) -> tuple[list[Path], str]:
+    """``(files, where they came from: SOURCE_*)``: --data, else SKAB, else the fleet."""
     from gapwatch.demo.inputs import default_data_dir, find_files, skab_files
 
     given = args.data or [x for x in os.environ.get(DATA_ENV, "").split(os.pathsep) if x]
     if given:
-        return find_files(given), False
-    return skab_files(default_data_dir()), True
+        return find_files(given), SOURCE_GIVEN
+    try:
+        return skab_files(default_data_dir()), SOURCE_SKAB
+    except DataNotFound:
+        from gapwatch.demo.fleet import fleet_replay
+
+    fleet = _fleet_settings(args)
+    files = fleet_replay(state, fleet)
+    if progress is not None:
+        progress.stage(
+            f"no SKAB data at {(default_data_dir() / 'skab').resolve()} and no --data: "
+            f"replaying the embedded simulated fleet ({fleet.devices} pump rigs, "
+            f"{fleet.minutes:g} min each, labelled faults; files in {files[0].parent})"
+        )
+    return files, SOURCE_FLEET
 
 
 def _replays(args: argparse.Namespace, files: list[Path]) -> list[Replay]:
@@ -275,16 +336,21 @@ def _jsonable(value: Any) -> Any:
 
 
 def _offline(args: argparse.Namespace, state: Path, progress: _Progress) -> int:
-    from gapwatch.demo.bundle import load, resolve_offline
+    from gapwatch.demo.bundle import FLEET_NAME, PACKAGED_NAME, load, resolve_offline
     from gapwatch.demo.offline import run_offline, write_csv
     from gapwatch.demo.summary import render_text
 
     t0 = time.monotonic()
-    files, _ = _files(args)
-    path, origin = resolve_offline(args.bundle, state)
+    files, source = _files(args, state, progress)
+    replays = _replays(args, files)
+    path, origin = resolve_offline(
+        args.bundle,
+        state,
+        packaged=FLEET_NAME if source == SOURCE_FLEET else PACKAGED_NAME,
+        channels=replays[0].series.channels,
+    )
     bundle = load(path)
     progress.stage(f"bundle {bundle.model_id} ({origin})")
-    replays = _replays(args, files)
     progress.stage(f"replaying {len(replays)} files through alignment, imputation, scoring")
     result = run_offline(
         replays,
@@ -312,26 +378,51 @@ def _offline(args: argparse.Namespace, state: Path, progress: _Progress) -> int:
 
 
 def _online(args: argparse.Namespace, state: Path, progress: _Progress) -> int:
-    from gapwatch.demo.bundle import TrainSettings, ensure_trained, load
+    from gapwatch.demo.bundle import (
+        FLEET_NAME,
+        TrainSettings,
+        ensure_trained,
+        load,
+        packaged_dir,
+        resolve_offline,
+    )
     from gapwatch.demo.online import OnlineSettings, run_online
     from gapwatch.demo.services import Stack
     from gapwatch.demo.summary import render_text
 
     t0 = time.monotonic()
-    files, default = _files(args)
+    files, source = _files(args, state, progress)
     replays = _replays(args, files)
+    shipped = packaged_dir(FLEET_NAME) if source == SOURCE_FLEET and not args.train else None
     if args.bundle:
-        from gapwatch.demo.bundle import resolve_offline
-
         path, _ = resolve_offline(args.bundle, state)
         progress.stage(f"bundle {path} (--bundle)")
-    else:
-        settings = TrainSettings(name="skab" if default else "demo", epochs=args.epochs)
+    elif shipped is not None:
+        path = shipped
         progress.stage(
-            f"demo bundle: training on the normal rows of {len(files)} files, "
-            "unless the last one was trained on the same files and settings"
+            f"bundle {path} (shipped for the simulated fleet; --train trains one on its history)"
         )
-        path, reused = ensure_trained(files, state, settings, progress=not args.no_progress)
+    else:
+        train_files = files
+        if source == SOURCE_FLEET:
+            from gapwatch.demo.fleet import fleet_history
+
+            train_files = fleet_history(state, _fleet_settings(args))
+            what = f"the simulated fleet's fault-free history ({len(train_files)} rigs)"
+        else:
+            what = f"the normal rows of {len(files)} files"
+        name = {SOURCE_SKAB: "skab", SOURCE_FLEET: FLEET_NAME}.get(source, "demo")
+        if source == SOURCE_FLEET:
+            from gapwatch.demo.fleet import FLEET_TRAIN
+
+            settings = replace(FLEET_TRAIN, epochs=args.epochs or FLEET_TRAIN.epochs)
+        else:
+            settings = TrainSettings(name=name, epochs=args.epochs or 30)
+        progress.stage(
+            f"demo bundle: training on {what}, unless the last one was trained on the same "
+            "files and settings"
+        )
+        path, reused = ensure_trained(train_files, state, settings, progress=not args.no_progress)
         progress.stage(f"bundle {path} ({'reused' if reused else 'trained'})")
     bundle = load(path)
     result = run_online(
@@ -346,6 +437,7 @@ def _online(args: argparse.Namespace, state: Path, progress: _Progress) -> int:
             rescale=args.rescale,
             dashboard=not args.no_dashboard,
             dashboard_port=args.dashboard_port,
+            rebase=not args.keep_time,
         ),
         progress=progress,
         now=lambda: datetime.now(UTC),
@@ -358,8 +450,10 @@ def _online(args: argparse.Namespace, state: Path, progress: _Progress) -> int:
         extra.append(
             (
                 "dashboard",
-                f"{result.dashboard_url} (pick 'All data': the replay keeps "
-                "the files' 2020 timestamps)",
+                result.dashboard_url
+                if not args.keep_time
+                else f"{result.dashboard_url} (pick 'All data': --keep-time kept the files' "
+                "own timestamps)",
             )
         )
     extra.append(("stop", "make demo-down (or gapwatch demo --down)"))

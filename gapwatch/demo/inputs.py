@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +81,10 @@ class Replay:
     @property
     def device(self) -> str:
         return self.series.device
+
+    def shifted(self, ms: int) -> Replay:
+        """The same replay with every stamp moved by ``ms`` (gaps, kinds, labels unchanged)."""
+        return replace(self, series=replace(self.series, ts_ms=self.series.ts_ms + ms))
 
     @property
     def messages(self) -> int:

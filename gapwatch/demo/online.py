@@ -48,6 +48,7 @@ from gapwatch.demo.publish import (
     VisibilityPoller,
     device_speeds,
     publish,
+    rebase,
     schedule,
     tick_latencies,
     tick_publish_times,
@@ -90,6 +91,7 @@ class OnlineSettings:
     sink_max_wait_s: float = 1.0
     duration_s: float | None = None  # fit every file into this many seconds (else speed)
     stall_s: float = 15.0  # nothing new stored this long after the replay: stop waiting
+    rebase: bool = True  # move the files' stamps to the present (else keep the originals)
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,7 @@ class OnlineResult:
     counts: StoredCounts
     dashboard_url: str | None
     run_dir: Path
+    replays: tuple[Replay, ...] = ()  # as published (re-based stamps)
 
 
 def _drop_previous(state: Path, stack: Stack) -> None:
@@ -244,6 +247,9 @@ def run_online(
     )
     time.sleep(1.0)  # the subscription is sent on connect; give the broker a moment to take it
 
+    speeds = device_speeds(replays, settings.speed, settings.duration_s)
+    if settings.rebase:
+        replays = rebase(replays, speeds, round(now().timestamp() * 1000), tick_ms)
     topics = [names.topic_template.format(site=names.site, device=r.device) for r in replays]
     items = schedule(replays, topics, settings.speed, settings.duration_s)
     expected: dict[str, int] = {}
@@ -265,7 +271,6 @@ def run_online(
     )
     poller.start()
     publisher = PahoPublisher(stack.mqtt_host, stack.mqtt_port, f"gapwatch-demo-pub-{names.run_id}")
-    speeds = device_speeds(replays, settings.speed, settings.duration_s)
     if settings.duration_s:
         pace = (
             f"in {settings.duration_s:g} s each ({min(speeds):.0f}x to {max(speeds):.0f}x "
@@ -328,6 +333,11 @@ def run_online(
     ]
     if settings.warmup:
         notes.append(f"first {settings.warmup} ticks per device are warm-up (no alarms)")
+    if settings.rebase:
+        notes.append(
+            "stamps re-based to the present: each file's newest reading is stamped when it "
+            "was sent (--keep-time keeps the files' own)"
+        )
     received = taken.get("gapwatch_agent_messages_total")
     if received is not None and int(received) != len(items):
         notes.append(
@@ -365,7 +375,7 @@ def run_online(
         url = _start_dashboard(procs, stack, names, settings.dashboard_port)
     record["dashboard"] = url
     (run_dir / RUN_FILE).write_text(json.dumps(record, indent=2), encoding="utf-8")
-    return OnlineResult(summary, outcomes, names, counts, url, run_dir)
+    return OnlineResult(summary, outcomes, names, counts, url, run_dir, tuple(replays))
 
 
 def _outcomes(

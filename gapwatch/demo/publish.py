@@ -39,6 +39,7 @@ __all__ = [
     "VisibilityPoller",
     "device_speeds",
     "publish",
+    "rebase",
     "schedule",
     "throughput",
     "tick_latencies",
@@ -76,6 +77,34 @@ def device_speeds(
         return [speed] * len(replays)
     spans = [(int(r.series.ts_ms[-1]) - int(r.series.ts_ms[0])) / 1000.0 for r in replays]
     return [max(span / duration_s, 1e-9) for span in spans]
+
+
+def rebase(
+    replays: Sequence[Replay],
+    speeds: Sequence[float],
+    now_ms: int,
+    tick_ms: int,
+) -> list[Replay]:
+    """The replays with their stamps moved to the present (pure; ``now_ms`` is injected).
+
+    Each device's stamps keep their spacing and move by a whole number of ticks so that its
+    newest reading is stamped when it is sent and none is stamped in the future: at ``speed``
+    x real time (>= 1) the file is the recent past catching up with the clock; slower than
+    real time its first reading is stamped ``now``; as fast as possible (0) it ends ``now``.
+    """
+    out: list[Replay] = []
+    for r, speed in zip(replays, speeds, strict=True):
+        t0, t1 = int(r.series.ts_ms[0]), int(r.series.ts_ms[-1])
+        span = t1 - t0
+        if speed <= 0:
+            first = now_ms - span
+        elif speed >= 1:
+            first = now_ms + int(span / speed) - span
+        else:
+            first = now_ms
+        shift = (first - t0) // tick_ms * tick_ms
+        out.append(r.shifted(shift))
+    return out
 
 
 def schedule(

@@ -60,6 +60,15 @@ def influxql(url: str, db: str, q: str) -> int:
     return int(series[0]["values"][0][1]) if series else 0
 
 
+def newest_ms(url: str, db: str) -> int:
+    query = urllib.parse.urlencode(
+        {"db": db, "q": 'SELECT last("threshold") FROM "readings"', "epoch": "ms"}
+    )
+    with urllib.request.urlopen(f"{url}/query?{query}", timeout=10) as resp:
+        body = json.loads(resp.read())
+    return int(body["results"][0]["series"][0]["values"][0][0])
+
+
 def _alive(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
@@ -84,11 +93,16 @@ def test_live_demo_counts_match_influxql(
     stack = Stack(mqtt_addr[0], mqtt_addr[1], kafka_bootstrap, influx_url)
     settings = OnlineSettings(duration_s=6.0, warmup=50, dashboard=True, dashboard_port=0)
     try:
+        started = datetime.now(UTC)
         result = run_online(
             replays, bundle, state, stack, settings, progress=Quiet(), now=lambda: datetime.now(UTC)
         )
         records = json.loads((result.run_dir / "processes.json").read_text())
         check_run(result, bundle, replays, influx_url)
+        # re-based: the files' 2021 stamps were moved to the run's own minutes
+        newest = newest_ms(influx_url, result.names.database)
+        assert started.timestamp() * 1000 - 60_000 < newest
+        assert newest < datetime.now(UTC).timestamp() * 1000 + 60_000
     finally:
         stopped = down(state)
         run_file = state / "run" / "run.json"

@@ -295,30 +295,13 @@ def simulate_device(
     t_s = start_ms / 1000.0 + dt * np.arange(n)
     every = config.change_every_s / dt
     schedule = _schedule(config, rf, device, index, n) if faults else []
-    # set points: drive speed (fraction of full) and valve opening, ramped by the actuators
-    speed_sp = _steps(r, n, every, SPEEDS)
-    valve_sp = _steps(r, n, 2.5 * every, VALVES)
-    for f in schedule:  # a stuck sensor only shows when the process moves: move it mid-way
-        if f.kind == "stuck_at":
-            mid = (f.start + f.stop) // 2
-            speed_sp[mid : f.stop] = _other(rf, SPEEDS, float(speed_sp[mid]))
-    # process noise, shared by every channel the physics couples: drive speed ripple,
-    # turbulence at the valve, mains flicker (each a first-order autoregressive wobble)
-    ripple = _wobble(r, n, 4.0 / dt, 0.006)
-    turbulence = _wobble(r, n, 2.0 / dt, 0.015)
-    flicker = _wobble(r, n, 3.0 / dt, 0.8)
-    speed = _lag(speed_sp, 15.0 / dt, float(speed_sp[0])) * (1.0 + ripple)
-    valve = _lag(valve_sp, 8.0 / dt, float(valve_sp[0])) * (1.0 + turbulence)
+    speed, valve, flicker = _drive(r, rf, n=n, every=every, dt=dt, schedule=schedule)
     ambient = (
         20.0
         + 4.0 * np.sin(2 * math.pi * t_s / DAY_S + rig.phase)
         + np.cumsum(r.normal(0.0, 0.002 * math.sqrt(dt), n))
     )
-    sev = {kind: np.zeros(n) for kind in FAULT_KINDS}
-    for f in schedule:
-        length = f.stop - f.start
-        ramp = np.minimum(1.0, np.arange(1, length + 1) / max(1.0, 0.2 * length))
-        sev[f.kind][f.start : f.stop] = ramp
+    sev = _severities(schedule, n)
 
     # valve sticking: the opening holds, then slips, a saw-tooth of period ~40 s
     period = 40.0 / dt
@@ -347,15 +330,8 @@ def simulate_device(
     )
     current = p_shaft * 1000.0 / (math.sqrt(3) * voltage_true * 0.86 * rig.motor_eff)
     voltage = voltage_true - 0.12 * current
-    # vibration: ~ speed^2, pump worse off its best point, cavitation and wear on top
-    vib_pump = rig.vib_pump * speed**2 * (1.0 + 0.8 * (rel - 1.0) ** 2)
-    vib_pump = vib_pump * (1.0 + cav * (1.2 + 0.5 * np.abs(churn[1])))
-    vib_motor = rig.vib_motor * speed**2 * (1.0 + 1.8 * wear)
-    # temperatures lag their causes
-    drive = ambient + 25.0 + rig.temp_rise * current**2
-    temp_motor = _lag(drive, 600.0 / dt, float(drive[0]))
-    heat = 0.8 * p_shaft
-    temp_fluid = _lag(ambient + 4.0 + heat, 1800.0 / dt, float(ambient[0] + 4.0 + heat[0]))
+    vib_pump, vib_motor = _vibration(rig, speed, rel, cav * (1.2 + 0.5 * np.abs(churn[1])), wear)
+    temp_motor, temp_fluid = _temperatures(rig, ambient, current, p_shaft, dt)
 
     true = np.stack(
         [flow, pressure, current, voltage, vib_pump, vib_motor, temp_motor, temp_fluid], axis=1
@@ -363,6 +339,85 @@ def simulate_device(
     noise = NOISE * r.standard_normal((n, len(CHANNELS)))
     noise[:, 1] *= 1.0 + 4.0 * cav  # cavitation: pressure fluctuates
     values = true + noise
+    label, kind_of = _apply_sensor_faults(values, true, schedule, rf)
+    ts = start_ms + np.round(1000.0 * dt * np.arange(n)).astype(np.int64)
+    return DeviceRun(device, ts, values, label, kind_of, tuple(schedule))
+
+
+def _drive(
+    r: np.random.Generator,
+    rf: np.random.Generator,
+    *,
+    n: int,
+    every: float,
+    dt: float,
+    schedule: Sequence[Fault],
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    """Drive speed and valve opening as the actuators follow their set points; mains flicker."""
+    # set points: drive speed (fraction of full) and valve opening, ramped by the actuators
+    speed_sp = _steps(r, n, every, SPEEDS)
+    valve_sp = _steps(r, n, 2.5 * every, VALVES)
+    for f in schedule:  # a stuck sensor only shows when the process moves: move it mid-way
+        if f.kind == "stuck_at":
+            mid = (f.start + f.stop) // 2
+            speed_sp[mid : f.stop] = _other(rf, SPEEDS, float(speed_sp[mid]))
+    # process noise, shared by every channel the physics couples: drive speed ripple,
+    # turbulence at the valve, mains flicker (each a first-order autoregressive wobble)
+    ripple = _wobble(r, n, 4.0 / dt, 0.006)
+    turbulence = _wobble(r, n, 2.0 / dt, 0.015)
+    flicker = _wobble(r, n, 3.0 / dt, 0.8)
+    speed = _lag(speed_sp, 15.0 / dt, float(speed_sp[0])) * (1.0 + ripple)
+    valve = _lag(valve_sp, 8.0 / dt, float(valve_sp[0])) * (1.0 + turbulence)
+    return speed, valve, flicker
+
+
+def _vibration(
+    rig: Rig,
+    speed: NDArray[np.float64],
+    rel: NDArray[np.float64],
+    cavitation: NDArray[np.float64],
+    wear: NDArray[np.float64],
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Vibration RMS ~ speed², the pump worse off its best point, cavitation and wear on top."""
+    vib_pump = rig.vib_pump * speed**2 * (1.0 + 0.8 * (rel - 1.0) ** 2)
+    vib_pump = vib_pump * (1.0 + cavitation)
+    vib_motor = rig.vib_motor * speed**2 * (1.0 + 1.8 * wear)
+    return vib_pump, vib_motor
+
+
+def _temperatures(
+    rig: Rig,
+    ambient: NDArray[np.float64],
+    current: NDArray[np.float64],
+    p_shaft: NDArray[np.float64],
+    dt: float,
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Motor and fluid temperatures, lagging their causes (copper losses, shaft power)."""
+    drive = ambient + 25.0 + rig.temp_rise * current**2
+    temp_motor = _lag(drive, 600.0 / dt, float(drive[0]))
+    heat = 0.8 * p_shaft
+    temp_fluid = _lag(ambient + 4.0 + heat, 1800.0 / dt, float(ambient[0] + 4.0 + heat[0]))
+    return temp_motor, temp_fluid
+
+
+def _severities(schedule: Sequence[Fault], n: int) -> dict[str, NDArray[np.float64]]:
+    """Per fault kind, 0..1 over the ticks: each fault ramps up over its first fifth."""
+    sev = {kind: np.zeros(n) for kind in FAULT_KINDS}
+    for f in schedule:
+        length = f.stop - f.start
+        ramp = np.minimum(1.0, np.arange(1, length + 1) / max(1.0, 0.2 * length))
+        sev[f.kind][f.start : f.stop] = ramp
+    return sev
+
+
+def _apply_sensor_faults(
+    values: NDArray[np.float64],
+    true: NDArray[np.float64],
+    schedule: Sequence[Fault],
+    rf: np.random.Generator,
+) -> tuple[NDArray[np.int8], NDArray[np.int8]]:
+    """Sensor faults (drift, stuck-at, spikes) on ``values`` in place; (labels, kinds)."""
+    n = values.shape[0]
     label = np.zeros(n, dtype=np.int8)
     kind_of = np.zeros(n, dtype=np.int8)
     for f in schedule:
@@ -386,8 +441,7 @@ def simulate_device(
             cols = chans[hit]
             scale = np.abs(true[rows, cols]) * rf.uniform(0.25, 0.6, rows.size) + 20 * NOISE[cols]
             values[rows, cols] += np.where(rf.random(rows.size) < 0.5, -1.0, 1.0) * scale
-    ts = start_ms + np.round(1000.0 * dt * np.arange(n)).astype(np.int64)
-    return DeviceRun(device, ts, values, label, kind_of, tuple(schedule))
+    return label, kind_of
 
 
 def simulate_fleet(

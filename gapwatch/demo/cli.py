@@ -377,15 +377,50 @@ def _offline(args: argparse.Namespace, state: Path, progress: _Progress) -> int:
     return 0
 
 
-def _online(args: argparse.Namespace, state: Path, progress: _Progress) -> int:
+def _online_bundle(
+    args: argparse.Namespace, state: Path, progress: _Progress, files: list[Path], source: str
+) -> Path:
+    """--bundle, else the bundle shipped for the fleet, else one trained (or reused) here."""
     from gapwatch.demo.bundle import (
         FLEET_NAME,
         TrainSettings,
         ensure_trained,
-        load,
         packaged_dir,
         resolve_offline,
     )
+
+    shipped = packaged_dir(FLEET_NAME) if source == SOURCE_FLEET and not args.train else None
+    if args.bundle:
+        path, _ = resolve_offline(args.bundle, state)
+        progress.stage(f"bundle {path} (--bundle)")
+        return path
+    if shipped is not None:
+        progress.stage(
+            f"bundle {shipped} (shipped for the simulated fleet; --train trains one on its history)"
+        )
+        return shipped
+    train_files = files
+    if source == SOURCE_FLEET:
+        from gapwatch.demo.fleet import FLEET_TRAIN, fleet_history
+
+        train_files = fleet_history(state, _fleet_settings(args))
+        what = f"the simulated fleet's fault-free history ({len(train_files)} rigs)"
+        settings = replace(FLEET_TRAIN, epochs=args.epochs or FLEET_TRAIN.epochs)
+    else:
+        what = f"the normal rows of {len(files)} files"
+        name = {SOURCE_SKAB: "skab"}.get(source, "demo")
+        settings = TrainSettings(name=name, epochs=args.epochs or 30)
+    progress.stage(
+        f"demo bundle: training on {what}, unless the last one was trained on the same "
+        "files and settings"
+    )
+    path, reused = ensure_trained(train_files, state, settings, progress=not args.no_progress)
+    progress.stage(f"bundle {path} ({'reused' if reused else 'trained'})")
+    return path
+
+
+def _online(args: argparse.Namespace, state: Path, progress: _Progress) -> int:
+    from gapwatch.demo.bundle import load
     from gapwatch.demo.online import OnlineSettings, run_online
     from gapwatch.demo.services import Stack
     from gapwatch.demo.summary import render_text
@@ -393,38 +428,7 @@ def _online(args: argparse.Namespace, state: Path, progress: _Progress) -> int:
     t0 = time.monotonic()
     files, source = _files(args, state, progress)
     replays = _replays(args, files)
-    shipped = packaged_dir(FLEET_NAME) if source == SOURCE_FLEET and not args.train else None
-    if args.bundle:
-        path, _ = resolve_offline(args.bundle, state)
-        progress.stage(f"bundle {path} (--bundle)")
-    elif shipped is not None:
-        path = shipped
-        progress.stage(
-            f"bundle {path} (shipped for the simulated fleet; --train trains one on its history)"
-        )
-    else:
-        train_files = files
-        if source == SOURCE_FLEET:
-            from gapwatch.demo.fleet import fleet_history
-
-            train_files = fleet_history(state, _fleet_settings(args))
-            what = f"the simulated fleet's fault-free history ({len(train_files)} rigs)"
-        else:
-            what = f"the normal rows of {len(files)} files"
-        name = {SOURCE_SKAB: "skab", SOURCE_FLEET: FLEET_NAME}.get(source, "demo")
-        if source == SOURCE_FLEET:
-            from gapwatch.demo.fleet import FLEET_TRAIN
-
-            settings = replace(FLEET_TRAIN, epochs=args.epochs or FLEET_TRAIN.epochs)
-        else:
-            settings = TrainSettings(name=name, epochs=args.epochs or 30)
-        progress.stage(
-            f"demo bundle: training on {what}, unless the last one was trained on the same "
-            "files and settings"
-        )
-        path, reused = ensure_trained(train_files, state, settings, progress=not args.no_progress)
-        progress.stage(f"bundle {path} ({'reused' if reused else 'trained'})")
-    bundle = load(path)
+    bundle = load(_online_bundle(args, state, progress, files, source))
     result = run_online(
         replays,
         bundle,

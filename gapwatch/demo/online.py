@@ -204,63 +204,67 @@ def run_online(
     check_stack(stack)
     _drop_previous(state, stack)
     names = RunNames.new("demo", now())
-    run_dir = (state / "run").resolve()
-    shutil.rmtree(run_dir, ignore_errors=True)
-    run_dir.mkdir(parents=True)
-    prepare_storage(stack, names)
-    bundles_root = link_bundle(run_dir, bundle)
-    metrics_port = free_port()
-    (run_dir / "agent.toml").write_text(
-        agent_toml(
-            names,
-            stack,
-            state_dir=run_dir / "agent",
-            bundles_root=bundles_root,
-            model=m.name,
-            metrics_port=metrics_port,
-            warmup_ticks=settings.warmup,
-            rescale=settings.rescale,
-            lateness_ticks=settings.lateness_ticks,
-        ),
-        encoding="utf-8",
-    )
-    (run_dir / "sink.toml").write_text(
-        sink_toml(names, stack, max_wait_s=settings.sink_max_wait_s), encoding="utf-8"
-    )
-    record: dict[str, Any] = {
-        "names": names.to_dict(),
-        "stack": stack.__dict__,
-        "run_dir": str(run_dir),
-    }
-    (run_dir / RUN_FILE).write_text(json.dumps(record, indent=2), encoding="utf-8")
-
-    procs = Processes(run_dir)
-    gw = [sys.executable, "-m", "gapwatch"]
-    progress.stage(f"starting sink and agent (run {names.run_id}, logs in {run_dir / 'logs'})")
-    procs.start("sink", [*gw, "sink", "--config", str(run_dir / "sink.toml")], str(run_dir))
-    procs.start("agent", [*gw, "agent", "--config", str(run_dir / "agent.toml")], str(run_dir))
-    wait_until(
-        lambda: agent_connected(metrics_port),
-        60.0,
-        "gapwatch agent (MQTT connection)",
-        check=lambda: procs.check_alive(["agent", "sink"]),
-    )
-    time.sleep(1.0)  # the subscription is sent on connect; give the broker a moment to take it
+    run_dir, metrics_port, record = _prepare_run(state, stack, names, bundle, settings)
+    procs = _start_services(run_dir, names, metrics_port, progress)
 
     speeds = device_speeds(replays, settings.speed, settings.duration_s)
     if settings.rebase:
         replays = rebase(replays, speeds, round(now().timestamp() * 1000), tick_ms)
     topics = [names.topic_template.format(site=names.site, device=r.device) for r in replays]
     items = schedule(replays, topics, settings.speed, settings.duration_s)
-    expected: dict[str, int] = {}
-    for it in items:
-        tick = (it.ts_ms + tick_ms // 2) // tick_ms * tick_ms
-        dev = replays[it.device].device
-        expected[dev] = max(expected.get(dev, tick), tick)
-    # After its last message a device falls silent: the agent imputes its next max_gap_ticks
-    # ticks (wall clock) and then declares it offline. Those ticks are the last to be stored.
-    trailing = m.max_gap_ticks * tick_ms
-    expected = {dev: last + trailing for dev, last in expected.items()}
+    expected = _expected_last_ticks(replays, items, tick_ms, m.max_gap_ticks)
+    t_start, sent, incomplete, poller = _replay_and_settle(
+        stack,
+        names,
+        items=items,
+        replays=replays,
+        speeds=speeds,
+        expected=expected,
+        procs=procs,
+        settings=settings,
+        progress=progress,
+        clock=clock,
+        max_gap_ticks=m.max_gap_ticks,
+    )
+
+    progress.stage(f"reading the results back from InfluxDB database {names.database}")
+    summary, outcomes, counts = _read_back(
+        stack,
+        names,
+        replays,
+        bundle=bundle,
+        items=items,
+        sent=sent,
+        poller=poller,
+        settings=settings,
+        timing=(t_start, clock),
+        metrics_port=metrics_port,
+        incomplete=incomplete,
+    )
+    url = None
+    if settings.dashboard:
+        progress.stage("starting the dashboard")
+        url = _start_dashboard(procs, stack, names, settings.dashboard_port)
+    record["dashboard"] = url
+    (run_dir / RUN_FILE).write_text(json.dumps(record, indent=2), encoding="utf-8")
+    return OnlineResult(summary, outcomes, names, counts, url, run_dir, tuple(replays))
+
+
+def _replay_and_settle(
+    stack: Stack,
+    names: RunNames,
+    *,
+    items: Sequence[Any],
+    replays: Sequence[Replay],
+    speeds: Sequence[float],
+    expected: dict[str, int],
+    procs: Processes,
+    settings: OnlineSettings,
+    progress: Progress,
+    clock: Callable[[], float],
+    max_gap_ticks: int,
+) -> tuple[float, np.ndarray, list[str], VisibilityPoller]:
+    """Publish everything while polling InfluxDB; wait until every device's last tick is in."""
     poll_client = influx_client(stack, names.database)
     poller = VisibilityPoller(
         poll_client,
@@ -270,28 +274,22 @@ def run_online(
         interval_s=settings.poll_s,
     )
     poller.start()
-    publisher = PahoPublisher(stack.mqtt_host, stack.mqtt_port, f"gapwatch-demo-pub-{names.run_id}")
-    if settings.duration_s:
-        pace = (
-            f"in {settings.duration_s:g} s each ({min(speeds):.0f}x to {max(speeds):.0f}x "
-            "real time)"
+    try:
+        t_start, sent = _publish_all(
+            stack,
+            names,
+            items=items,
+            replays=replays,
+            speeds=speeds,
+            settings=settings,
+            progress=progress,
+            clock=clock,
         )
-    else:
-        pace = "as fast as possible" if settings.speed <= 0 else f"at {settings.speed:g}x"
-    progress.stage(f"replaying {len(replays)} files ({len(items):,} messages) over MQTT {pace}")
-    bar = progress.bar(len(items), "published", "msg")
-    try:
-        t_start = clock()
-        sent = publish(items, publisher, clock=clock, sleep=time.sleep, on_sent=bar)
-        bar(-1)
-    finally:
-        publisher.close()
-    progress.stage(
-        "waiting for every device's last tick to be stored in InfluxDB (a device that stops "
-        f"is imputed for {m.max_gap_ticks} ticks, then declared offline)"
-    )
-    settle_bar = progress.bar(len(expected), "devices complete", "dev")
-    try:
+        progress.stage(
+            "waiting for every device's last tick to be stored in InfluxDB (a device that stops "
+            f"is imputed for {max_gap_ticks} ticks, then declared offline)"
+        )
+        settle_bar = progress.bar(len(expected), "devices complete", "dev")
         incomplete = _settle(
             poller,
             expected,
@@ -305,9 +303,28 @@ def run_online(
     finally:
         poller.stop()
         poll_client.close()
+    return t_start, sent, incomplete, poller
 
+
+def _read_back(
+    stack: Stack,
+    names: RunNames,
+    replays: Sequence[Replay],
+    *,
+    bundle: Bundle,
+    items: Sequence[Any],
+    sent: np.ndarray,
+    poller: VisibilityPoller,
+    settings: OnlineSettings,
+    timing: tuple[float, Callable[[], float]],
+    metrics_port: int,
+    incomplete: Sequence[str],
+) -> tuple[DemoSummary, tuple[Outcome, ...], StoredCounts]:
+    """What InfluxDB holds, scored against the truth: the summary, per-device outcomes, counts."""
+    m = bundle.manifest
+    tick_ms = max(1, round(m.tick_seconds * 1000))
+    t_start, clock = timing
     taken = agent_counters(metrics_port)
-    progress.stage(f"reading the results back from InfluxDB database {names.database}")
     client = influx_client(stack, names.database)
     try:
         counts = stored_counts(client, m.channel_names)
@@ -324,32 +341,7 @@ def run_online(
         client.close()
     t_end = float(np.nanmax(visible)) if visible.size and np.isfinite(visible).any() else clock()
     seconds = max(t_end - t_start, 1e-9)
-    traces = [o.trace for o in outcomes]
-    notes = [
-        f"when a file ends its device falls silent: its next {m.max_gap_ticks} ticks are "
-        "imputed (no truth there), then it is declared offline",
-        "latency is an upper bound: a tick counts as stored when a poll first sees it",
-        f"sink batches wait up to {settings.sink_max_wait_s:g} s (batch.max_wait_s)",
-    ]
-    if settings.warmup:
-        notes.append(f"first {settings.warmup} ticks per device are warm-up (no alarms)")
-    if settings.rebase:
-        notes.append(
-            "stamps re-based to the present: each file's newest reading is stamped when it "
-            "was sent (--keep-time keeps the files' own)"
-        )
     received = taken.get("gapwatch_agent_messages_total")
-    if received is not None and int(received) != len(items):
-        notes.append(
-            f"the agent received {int(received):,} of {len(items):,} messages published "
-            "(Mosquitto drops messages for a subscriber that falls too far behind: "
-            "replay slower with --duration or --speed)"
-        )
-    if incomplete:
-        notes.append(
-            f"{len(incomplete)} devices' last ticks never reached InfluxDB: "
-            + ", ".join(incomplete[:5])
-        )
     summary = DemoSummary(
         mode="online",
         model=f"{m.name}/{m.version}",
@@ -361,21 +353,149 @@ def run_online(
         imputed_entries=counts.imputed_entries,
         anomaly_ticks=counts.anomaly_ticks,
         imputation=imputation_rows(outcomes),
-        detection=detection(traces),
+        detection=detection([o.trace for o in outcomes]),
         latency=latency(lat_samples, settings.poll_s),
         throughput_ticks_s=counts.ticks / seconds,
         seconds=seconds,
         counts_from=f"InfluxQL on database {names.database}",
-        notes=tuple(notes),
+        notes=tuple(_notes(settings, m.max_gap_ticks, received, len(items), incomplete)),
         received=None if received is None else int(received),
     )
-    url = None
-    if settings.dashboard:
-        progress.stage("starting the dashboard")
-        url = _start_dashboard(procs, stack, names, settings.dashboard_port)
-    record["dashboard"] = url
+    return summary, outcomes, counts
+
+
+def _prepare_run(
+    state: Path, stack: Stack, names: RunNames, bundle: Bundle, settings: OnlineSettings
+) -> tuple[Path, int, dict[str, Any]]:
+    """A fresh run folder with the agent's and the sink's configs; storage made ready."""
+    run_dir = (state / "run").resolve()
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    prepare_storage(stack, names)
+    bundles_root = link_bundle(run_dir, bundle)
+    metrics_port = free_port()
+    (run_dir / "agent.toml").write_text(
+        agent_toml(
+            names,
+            stack,
+            state_dir=run_dir / "agent",
+            bundles_root=bundles_root,
+            model=bundle.manifest.name,
+            metrics_port=metrics_port,
+            warmup_ticks=settings.warmup,
+            rescale=settings.rescale,
+            lateness_ticks=settings.lateness_ticks,
+        ),
+        encoding="utf-8",
+    )
+    (run_dir / "sink.toml").write_text(
+        sink_toml(names, stack, max_wait_s=settings.sink_max_wait_s), encoding="utf-8"
+    )
+    record: dict[str, Any] = {
+        "names": names.to_dict(),
+        "stack": stack.__dict__,
+        "run_dir": str(run_dir),
+    }
     (run_dir / RUN_FILE).write_text(json.dumps(record, indent=2), encoding="utf-8")
-    return OnlineResult(summary, outcomes, names, counts, url, run_dir, tuple(replays))
+    return run_dir, metrics_port, record
+
+
+def _start_services(
+    run_dir: Path, names: RunNames, metrics_port: int, progress: Progress
+) -> Processes:
+    procs = Processes(run_dir)
+    gw = [sys.executable, "-m", "gapwatch"]
+    progress.stage(f"starting sink and agent (run {names.run_id}, logs in {run_dir / 'logs'})")
+    procs.start("sink", [*gw, "sink", "--config", str(run_dir / "sink.toml")], str(run_dir))
+    procs.start("agent", [*gw, "agent", "--config", str(run_dir / "agent.toml")], str(run_dir))
+    wait_until(
+        lambda: agent_connected(metrics_port),
+        60.0,
+        "gapwatch agent (MQTT connection)",
+        check=lambda: procs.check_alive(["agent", "sink"]),
+    )
+    time.sleep(1.0)  # the subscription is sent on connect; give the broker a moment to take it
+    return procs
+
+
+def _expected_last_ticks(
+    replays: Sequence[Replay], items: Sequence[Any], tick_ms: int, max_gap_ticks: int
+) -> dict[str, int]:
+    """Per device, the last tick that must reach InfluxDB."""
+    expected: dict[str, int] = {}
+    for it in items:
+        tick = (it.ts_ms + tick_ms // 2) // tick_ms * tick_ms
+        dev = replays[it.device].device
+        expected[dev] = max(expected.get(dev, tick), tick)
+    # After its last message a device falls silent: the agent imputes its next max_gap_ticks
+    # ticks (wall clock) and then declares it offline. Those ticks are the last to be stored.
+    trailing = max_gap_ticks * tick_ms
+    return {dev: last + trailing for dev, last in expected.items()}
+
+
+def _publish_all(
+    stack: Stack,
+    names: RunNames,
+    *,
+    items: Sequence[Any],
+    replays: Sequence[Replay],
+    speeds: Sequence[float],
+    settings: OnlineSettings,
+    progress: Progress,
+    clock: Callable[[], float],
+) -> tuple[float, np.ndarray]:
+    """Publish every scheduled message; (start time, per-message send times)."""
+    publisher = PahoPublisher(stack.mqtt_host, stack.mqtt_port, f"gapwatch-demo-pub-{names.run_id}")
+    if settings.duration_s:
+        pace = (
+            f"in {settings.duration_s:g} s each ({min(speeds):.0f}x to {max(speeds):.0f}x "
+            "real time)"
+        )
+    else:
+        pace = "as fast as possible" if settings.speed <= 0 else f"at {settings.speed:g}x"
+    progress.stage(f"replaying {len(replays)} files ({len(items):,} messages) over MQTT {pace}")
+    bar = progress.bar(len(items), "published", "msg")
+    try:
+        t_start = clock()
+        sent = publish(items, publisher, clock=clock, sleep=time.sleep, on_sent=bar)
+        bar(-1)
+    finally:
+        publisher.close()
+    return t_start, sent
+
+
+def _notes(
+    settings: OnlineSettings,
+    max_gap_ticks: int,
+    received: float | None,
+    published: int,
+    incomplete: Sequence[str],
+) -> list[str]:
+    notes = [
+        f"when a file ends its device falls silent: its next {max_gap_ticks} ticks are "
+        "imputed (no truth there), then it is declared offline",
+        "latency is an upper bound: a tick counts as stored when a poll first sees it",
+        f"sink batches wait up to {settings.sink_max_wait_s:g} s (batch.max_wait_s)",
+    ]
+    if settings.warmup:
+        notes.append(f"first {settings.warmup} ticks per device are warm-up (no alarms)")
+    if settings.rebase:
+        notes.append(
+            "stamps re-based to the present: each file's newest reading is stamped when it "
+            "was sent (--keep-time keeps the files' own)"
+        )
+    if received is not None and int(received) != published:
+        notes.append(
+            f"the agent received {int(received):,} of {published:,} messages published "
+            "(Mosquitto drops messages for a subscriber that falls too far behind: "
+            "replay slower with --duration or --speed)"
+        )
+    if incomplete:
+        notes.append(
+            f"{len(incomplete)} devices' last ticks never reached InfluxDB: "
+            + ", ".join(incomplete[:5])
+        )
+    return notes
 
 
 def _outcomes(

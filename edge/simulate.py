@@ -244,6 +244,7 @@ def write_truth(path: Path, all_series: Sequence[Series], all_gaps: Sequence[Gap
     return n
 
 
+# size: one argparse option after another, each with its help text; no logic to split
 def build_parser() -> argparse.ArgumentParser:
     env = os.environ.get
     p = argparse.ArgumentParser(

@@ -46,6 +46,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from edge.errors import InputError
+from edge.table import find_time_column
+
 __all__ = [
     "Gaps",
     "Outage",
@@ -59,7 +62,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-TIME_COLUMNS = ("datetime", "timestamp", "time", "ts")
 LABEL_COLUMNS = {"anomaly", "changepoint"}
 
 
@@ -110,9 +112,10 @@ def read_series(
         fh.seek(0)
         reader = csv.reader(fh, delimiter=delimiter)
         header = [h.strip() for h in next(reader)]
-        tcol = next((i for i, h in enumerate(header) if h.lower() in TIME_COLUMNS), None)
-        if tcol is None:
-            raise ValueError(f"{path}: no time column (one of {TIME_COLUMNS}) in {header}")
+        try:
+            tcol = header.index(find_time_column(header, None, str(path)))
+        except InputError as exc:  # the table reader's rule (edge.table.TIME_COLUMNS)
+            raise ValueError(str(exc)) from exc
         cols = [i for i, h in enumerate(header) if i != tcol and h.lower() not in LABEL_COLUMNS]
         ts: list[int] = []
         rows: list[list[float]] = []

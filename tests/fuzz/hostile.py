@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "DECODE_REASONS",
+    "LATE_OK",
     "KafkaInput",
     "MqttInput",
     "agent_inputs",
@@ -42,6 +43,13 @@ class MqttInput:
     reasons: frozenset[str]  # allowed dead-letter reasons; empty: no dead letter at all
     ts_ms: int | None = None  # set for valid ticks: the tick that must be observed
     values: dict[str, float] | None = None
+
+    @property
+    def may_be_late(self) -> bool:
+        """Some of its values reach the aligner, so a second dead letter ``too_late`` is right
+        when the agent's wall clock closed that tick first: a hostile device's accepted
+        readings are sparse, so its event time can fall behind the wall clock."""
+        return self.category in LATE_OK
 
     @property
     def sha256(self) -> str:
@@ -232,6 +240,7 @@ class _Agent:
         return self._dev(), _dumps({"ts": self._next_ts(), "values": vals}), frozenset()
 
 
+LATE_OK = frozenset({"partial", "unknown_channel", "non_finite", "not_measured"})
 AGENT_WEIGHTS = {
     "binary": 8, "garbage": 8, "surrogate_bytes": 6, "surrogate_escapes": 6, "not_json": 10,
     "deep": 3, "shallow_nest": 4, "wrong_types": 14, "non_finite": 10, "extreme_ts": 12,

@@ -9,8 +9,9 @@ devices and channels, with a valid tick of four good devices after every ten. As
 * the agent never dies, and exits 0 on SIGTERM;
 * every input is accounted for: ``messages_total`` counts each one; each hostile input has
   exactly one dead letter (found by the sha256 of its raw payload) whose reason is one its
-  category allows, and ``bad_input_total{reason}`` matches the letters; inputs that must not be
-  dead-lettered (valid ticks, all-null "not measured" ticks) have none;
+  category allows, plus at most one ``too_late`` where some of its values reached the aligner
+  (a hostile device's accepted readings are sparse, so the wall clock may close its tick
+  first), and ``bad_input_total{reason}`` matches the letters; valid ticks have none;
 * the good data between the bad is delivered: every valid tick is in Kafka, observed (no
   imputed channel) with the values it was published with.
 
@@ -113,6 +114,16 @@ def letter_sha(letter: DeadLetter) -> str:
     return str(getattr(letter, "raw_sha256", "") or hashlib.sha256(letter.raw).hexdigest())
 
 
+def _allowed(i: Any, reasons: list[str]) -> bool:
+    """One letter with a reason of its kind, plus ``too_late`` where values reached the
+    aligner after the wall clock closed their tick; none for a valid tick."""
+    late = ["too_late"] if i.may_be_late and "too_late" in reasons else []
+    rest = [r for r in reasons if r != "too_late"] if late else reasons
+    if not i.reasons:
+        return i.category != "valid" and rest == [] and late != []
+    return len(rest) == 1 and rest[0] in i.reasons
+
+
 def observed(tick: ScoredTick, values: dict[str, float]) -> bool:
     return tick.imputed == () and all(
         (got := tick.values.get(c)) is not None and math.isclose(got, v, rel_tol=1e-6)
@@ -165,15 +176,16 @@ def test_twenty_thousand_hostile_payloads_are_accounted_for_and_valid_ticks_deli
     # every input accounted for, by category
     by_sha = {i.sha256: i for i in inputs}
     decoded = [DeadLetter.decode(v) for v in letters]
-    named = Counter(letter_sha(d) for d in decoded)
-    twice = [s for s, n in named.items() if n > 1]
+    letters_of: dict[str, list[str]] = {}
+    for d in decoded:
+        letters_of.setdefault(letter_sha(d), []).append(d.reason)
     strangers = [d for d in decoded if letter_sha(d) not in by_sha]
     wrong = [
-        (by_sha[s].category, d.reason, d.detail[:80])
-        for d in decoded
-        if (s := letter_sha(d)) in by_sha and d.reason not in by_sha[s].reasons
+        (i.category, got)
+        for i in inputs
+        if (got := sorted(letters_of.get(i.sha256, []))) and not _allowed(i, got)
     ]
-    missing = Counter(i.category for i in hostile if i.sha256 not in named)
+    missing = Counter(i.category for i in hostile if i.sha256 not in letters_of)
     reasons = Counter((by_sha[letter_sha(d)].category, d.reason) for d in decoded)
     print(f"\nagent e2e fuzz, seed {fuzz_seed}: {len(inputs)} inputs ({len(hostile)} hostile,")
     print(f"  {len(valid)} valid) published in {published_s:.1f} s, all checked in {elapsed:.1f} s")
@@ -182,10 +194,8 @@ def test_twenty_thousand_hostile_payloads_are_accounted_for_and_valid_ticks_deli
         print(f"  {category:18} {n:6}  dead letters {got}")
     assert messages == len(inputs), f"messages_total {messages} != {len(inputs)} published"
     assert strangers == [], f"dead letters of no input: {strangers[:3]}"
-    assert twice == [], f"{len(twice)} inputs dead-lettered twice"
-    assert wrong == [], f"{len(wrong)} inputs with an unexpected reason, e.g. {wrong[:5]}"
+    assert wrong == [], f"{len(wrong)} inputs with unexpected dead letters, e.g. {wrong[:5]}"
     assert missing == Counter(), f"hostile inputs without a dead letter, by category: {missing}"
-    assert len(decoded) == len(hostile), "dead letters of inputs that must have none"
     assert {r: n for r, n in metrics.items() if n} == dict(Counter(d.reason for d in decoded))
 
     # the good data behind the bad is delivered, observed as published

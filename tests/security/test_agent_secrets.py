@@ -1,7 +1,8 @@
 """The real agent with every security option on, and its secrets nowhere to be seen.
 
 ``gapwatch agent`` runs at log level DEBUG against the private Mosquitto (TLS + password from a
-file) and the private Kafka (SASL_SSL, SCRAM-SHA-256, password from an environment variable),
+file) and the private Kafka (SASL_SSL, SCRAM-SHA-256 and, in a test of its own, SASL PLAIN, which
+sends the password itself; password from an environment variable),
 with signed bundles (``bundles.trusted_keys``). It must deliver records, refuse an unsigned
 and a tampered model version while keeping the signed one, accept a newly signed one, and never
 write a secret to its log, its ``--check`` output or its command line.
@@ -86,6 +87,87 @@ def _consume(kafka: Any, topic: str, want: int, timeout_s: float = 60) -> list[d
     return out
 
 
+def _secure_env(
+    h: Any,
+    sec_mqtt: Any,
+    sec_kafka: Any,
+    tmp_path: Path,
+    bundles: Path,
+    mechanism: str,
+    **settings: str,
+) -> tuple[dict[str, str], str, int, list[str]]:
+    """The agent's environment at DEBUG: MQTT over TLS with a password file, Kafka over
+    SASL_SSL with ``mechanism`` (PLAIN: the broker's plain user, SCRAM-SHA-256: its SCRAM
+    user), the password in an environment variable. Returns (env, prefix, metrics port,
+    secrets)."""
+    user = sec_kafka.plain_user if mechanism == "PLAIN" else sec_kafka.scram_user
+    mqtt_secret = tmp_path / "mqtt.password"
+    mqtt_secret.write_text(sec_mqtt.password + "\n")
+    mqtt_secret.chmod(0o600)
+    prefix = f"sec-{uuid.uuid4().hex[:8]}"
+    metrics_port = _free_port()
+    env = h.agent_env(
+        prefix=prefix,
+        state=tmp_path / "state",
+        mqtt_port=sec_mqtt.tls_port,
+        kafka_bootstrap=sec_kafka.bootstrap,
+        bundles=bundles,
+        metrics_port=metrics_port,
+        log_level='"DEBUG"',
+        mqtt__username=json.dumps(sec_mqtt.user),
+        mqtt__password_file=json.dumps(str(mqtt_secret)),
+        mqtt__tls__enabled="true",
+        mqtt__tls__ca_file=json.dumps(str(sec_mqtt.pki.ca_cert)),
+        kafka__security_protocol='"SASL_SSL"',
+        kafka__sasl_mechanism=json.dumps(mechanism),
+        kafka__sasl_username=json.dumps(user.name),
+        kafka__ssl_cafile=json.dumps(str(sec_kafka.ca_file)),
+        **settings,
+    )
+    env["GAPWATCH_AGENT__KAFKA__SASL_PASSWORD"] = user.password
+    return env, prefix, metrics_port, [sec_mqtt.password, user.password]
+
+
+def _assert_no_secret(agent: Any, cmdline: str, secret_values: list[str]) -> None:
+    log = agent.log_text(tail=10_000_000)
+    assert "DEBUG" in log.upper(), "the agent did not log at DEBUG as configured"
+    for secret in secret_values:
+        assert secret not in log, "a secret is in the agent's log"
+        assert secret not in cmdline, "a secret is on the agent's command line"
+
+
+def test_agent_over_sasl_plain_at_debug_keeps_its_password(
+    sec_mqtt: Any, sec_kafka: Any, tmp_path: Path
+) -> None:
+    """SASL PLAIN sends the password itself, and kafka-python logs those bytes at DEBUG: the
+    agent at DEBUG must deliver over PLAIN and never write the password anywhere."""
+    h = _harness()
+    root = tmp_path / "bundles"
+    h.write_tiny_bundle(root, version="1")
+    env, prefix, metrics_port, secret_values = _secure_env(
+        h, sec_mqtt, sec_kafka, tmp_path, root, "PLAIN"
+    )
+    check = subprocess.run(
+        [sys.executable, "-m", "gapwatch", "agent", "--check"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert check.returncode == 0, check.stderr
+    for secret in secret_values:
+        assert secret not in check.stdout + check.stderr
+    agent = h.Agent(env, tmp_path, metrics_port, prefix)
+    agent.start()
+    try:
+        agent.wait_subscribed()
+        cmdline = Path(f"/proc/{agent.proc.pid}/cmdline").read_bytes().decode(errors="replace")
+        _publish(sec_mqtt, f"{prefix}/lab/pump-1", 20, 1_764_000_000)
+        records = _consume(sec_kafka, f"{prefix}.scored", 15)
+        assert len(records) >= 15, f"records did not reach Kafka over PLAIN:\n{agent.log_text()}"
+    finally:
+        code = agent.stop()
+    assert code == 0, agent.log_text()
+    _assert_no_secret(agent, cmdline, secret_values)
+
+
 def test_agent_with_tls_sasl_and_signed_bundles_keeps_its_secrets(
     sec_mqtt: Any, sec_kafka: Any, tmp_path: Path
 ) -> None:
@@ -96,32 +178,10 @@ def test_agent_with_tls_sasl_and_signed_bundles_keeps_its_secrets(
     root = tmp_path / "bundles"
     sign_bundle(h.write_tiny_bundle(root, version="1"), key)
 
-    mqtt_secret = tmp_path / "mqtt.password"
-    mqtt_secret.write_text(sec_mqtt.password + "\n")
-    mqtt_secret.chmod(0o600)
-    kafka_password = sec_kafka.scram_user.password
-    prefix = f"sec-{uuid.uuid4().hex[:8]}"
-    metrics_port = _free_port()
-    env = h.agent_env(
-        prefix=prefix,
-        state=tmp_path / "state",
-        mqtt_port=sec_mqtt.tls_port,
-        kafka_bootstrap=sec_kafka.bootstrap,
-        bundles=root,
-        metrics_port=metrics_port,
-        log_level='"DEBUG"',
-        mqtt__username=json.dumps(sec_mqtt.user),
-        mqtt__password_file=json.dumps(str(mqtt_secret)),
-        mqtt__tls__enabled="true",
-        mqtt__tls__ca_file=json.dumps(str(sec_mqtt.pki.ca_cert)),
-        kafka__security_protocol='"SASL_SSL"',
-        kafka__sasl_mechanism='"SCRAM-SHA-256"',
-        kafka__sasl_username=json.dumps(sec_kafka.scram_user.name),
-        kafka__ssl_cafile=json.dumps(str(sec_kafka.ca_file)),
+    env, prefix, metrics_port, secret_values = _secure_env(
+        h, sec_mqtt, sec_kafka, tmp_path, root, "SCRAM-SHA-256",
         bundles__trusted_keys=json.dumps(str(pub)),
-    )
-    env["GAPWATCH_AGENT__KAFKA__SASL_PASSWORD"] = kafka_password
-    secret_values = [sec_mqtt.password, kafka_password]
+    )  # fmt: skip
 
     check = subprocess.run(
         [sys.executable, "-m", "gapwatch", "agent", "--check"],
@@ -178,11 +238,7 @@ def test_agent_with_tls_sasl_and_signed_bundles_keeps_its_secrets(
     finally:
         code = agent.stop()
     assert code == 0, agent.log_text()
-    log = agent.log_text(tail=10_000_000)
-    assert "DEBUG" in log.upper(), "the agent did not log at DEBUG as configured"
-    for secret in secret_values:
-        assert secret not in log, "a secret is in the agent's log"
-        assert secret not in cmdline, "a secret is on the agent's command line"
+    _assert_no_secret(agent, cmdline, secret_values)
 
 
 def _free_port() -> int:

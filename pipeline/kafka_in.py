@@ -25,6 +25,11 @@ __all__ = ["KafkaDeadLetters", "KafkaRecordSource", "consumer_lag", "kafka_secur
 
 log = logging.getLogger(__name__)
 
+# How long one offset commit may wait for the group coordinator. A commit that times out is
+# counted (``commit_failures``) and covered by the next one; its batch is already in InfluxDB,
+# so at worst it is re-read and rewritten (the same points) after a restart.
+COMMIT_TIMEOUT_MS = 15_000
+
 
 def kafka_security(k: KafkaSettings) -> dict[str, Any]:
     """kafka-python options for TLS and SASL (none for PLAINTEXT), from the sink's settings."""
@@ -36,21 +41,18 @@ def kafka_security(k: KafkaSettings) -> dict[str, Any]:
 def consumer_lag(consumer: Any, topic: str, timeout_ms: int) -> dict[tuple[str, int], int]:
     """Records not yet read, per assigned partition: ``end_offsets`` - ``position``.
 
-    kafka-python's public API only. With no partition assigned (yet), the topic's partitions
-    (from cached metadata) are asked for their end offsets anyway, so the call still proves
-    that the brokers answer; the result is then empty. Raises KafkaError (e.g.
-    KafkaTimeoutError) when they do not answer within ``timeout_ms``.
+    kafka-python's public API only, and only calls bounded by ``timeout_ms``. With no partition
+    assigned (yet, or after the group lost its coordinator), partition 0 of the topic (every
+    topic has one) is asked for its end offset anyway, so the call still proves that the
+    brokers answer; the result is then empty. ``partitions_for_topic`` is not used: when the
+    topic is not in the cached metadata it fetches metadata with no time bound (kafka-python
+    3.0.12), so with the brokers down it would stall the consume loop. Raises KafkaError (e.g.
+    KafkaTimeoutError) when the brokers do not answer within ``timeout_ms``.
     """
     from kafka.structs import TopicPartition as KafkaTP
 
     assigned = sorted(consumer.assignment(), key=lambda tp: (tp.topic, tp.partition))
-    probe = assigned or [
-        KafkaTP(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())
-    ]
-    if not probe:
-        from kafka.errors import KafkaTimeoutError
-
-        raise KafkaTimeoutError(f"no metadata for topic {topic!r} yet")
+    probe = assigned or [KafkaTP(topic, 0)]
     ends = consumer.end_offsets(probe, timeout_ms=timeout_ms)
     lag = {}
     for tp in assigned:
@@ -114,7 +116,23 @@ class KafkaRecordSource:
         self._lag_labels: set[tuple[str, int]] = set()
 
     def poll(self, timeout_s: float, max_records: int) -> list[PartitionRecords]:
-        polled = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        """Records by partition; none while Kafka fails (logged, counted in /healthz, retried).
+
+        A broker that dies mid-poll (or mid-rebalance) can make kafka-python's ``poll`` raise;
+        that must not end the sink: records already read are in the batch in hand, and the
+        next poll resumes from the position once the brokers answer again.
+        """
+        from kafka.errors import KafkaError
+
+        try:
+            polled = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        except KafkaError as exc:
+            if self._health is not None:
+                self._health.polled()
+                self._health.failed("kafka", f"poll: {type(exc).__name__}: {exc}")
+            log.warning("sink.kafka_poll_failed", extra={"error": f"{type(exc).__name__}: {exc}"})
+            time.sleep(min(max(timeout_s, 0.1), 1.0))  # no busy loop while the brokers are away
+            return []
         if self._health is not None:
             self._health.polled()
         if time.monotonic() >= self._lag_at:
@@ -155,9 +173,11 @@ class KafkaRecordSource:
         from kafka.structs import TopicPartition as KafkaTP
 
         payload = {KafkaTP(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}
-        try:
-            self._consumer.commit(payload)
+        try:  # bounded: with the coordinator gone an unbounded commit would stall the loop
+            self._consumer.commit(payload, timeout_ms=COMMIT_TIMEOUT_MS)
         except KafkaError as exc:
+            if self._health is not None:
+                self._health.failed("kafka", f"commit: {type(exc).__name__}: {exc}")
             raise CommitFailed(f"offset commit refused: {exc}") from exc
 
     def close(self) -> None:

@@ -262,7 +262,6 @@ def _poison_then_valid(
     return decoded
 
 
-@pytest.mark.xfail(reason="fixed by issue-16a", strict=False)
 def test_lone_surrogates_in_channel_names_are_bad_name_dead_letters(
     fuzz_agent: Callable[..., Any],
     fuzz_harness: ModuleType,
@@ -278,7 +277,6 @@ def test_lone_surrogates_in_channel_names_are_bad_name_dead_letters(
     _poison_then_valid(fuzz_agent, fuzz_harness, mqtt_addr, kafka_bootstrap, poison, "bad_name")
 
 
-@pytest.mark.xfail(reason="fixed by issue-16a", strict=False)
 def test_a_payload_whose_dead_letter_is_over_kafkas_limit_blocks_nothing(
     fuzz_agent: Callable[..., Any],
     fuzz_harness: ModuleType,

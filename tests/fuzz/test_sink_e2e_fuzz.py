@@ -294,7 +294,6 @@ def _poison_then_valid(
     return decoded
 
 
-@pytest.mark.xfail(reason="fixed by issue-16a", strict=False)
 def test_lone_surrogates_in_names_are_bad_name_dead_letters(
     fuzz_sink: Callable[[], Any],
     fuzz_harness: ModuleType,
@@ -327,7 +326,6 @@ def test_lone_surrogates_in_names_are_bad_name_dead_letters(
     )
 
 
-@pytest.mark.xfail(reason="fixed by issue-16a", strict=False)
 def test_a_record_whose_dead_letter_is_over_kafkas_limit_blocks_nothing(
     fuzz_sink: Callable[[], Any],
     fuzz_harness: ModuleType,

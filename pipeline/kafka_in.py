@@ -129,8 +129,8 @@ class KafkaRecordSource:
         except KafkaError as exc:
             if self._health is not None:
                 self._health.polled()
-                self._health.failed("kafka", f"poll: {type(exc).__name__}: {exc}")
-            log.warning("sink.kafka_poll_failed", extra={"error": f"{type(exc).__name__}: {exc}"})
+            error = self._kafka_failed("poll: ", exc)
+            log.warning("sink.kafka_poll_failed", extra={"error": error})
             time.sleep(min(max(timeout_s, 0.1), 1.0))  # no busy loop while the brokers are away
             return []
         if self._health is not None:
@@ -147,8 +147,7 @@ class KafkaRecordSource:
         try:
             lag = consumer_lag(self._consumer, self._topic, timeout_ms=2000)
         except KafkaError as exc:
-            if self._health is not None:
-                self._health.failed("kafka", f"{type(exc).__name__}: {exc}")
+            self._kafka_failed("", exc)
             log.warning("sink.kafka_unavailable", extra={"error": str(exc)})
             return {}
         if self._health is not None:
@@ -176,9 +175,15 @@ class KafkaRecordSource:
         try:  # bounded: with the coordinator gone an unbounded commit would stall the loop
             self._consumer.commit(payload, timeout_ms=COMMIT_TIMEOUT_MS)
         except KafkaError as exc:
-            if self._health is not None:
-                self._health.failed("kafka", f"commit: {type(exc).__name__}: {exc}")
+            self._kafka_failed("commit: ", exc)
             raise CommitFailed(f"offset commit refused: {exc}") from exc
+
+    def _kafka_failed(self, where: str, exc: Exception) -> str:
+        """Mark Kafka as failing in /healthz (when there is one); return the error text."""
+        error = f"{where}{type(exc).__name__}: {exc}"
+        if self._health is not None:
+            self._health.failed("kafka", error)
+        return error
 
     def close(self) -> None:
         self._consumer.close(autocommit=False)
